@@ -1,0 +1,1 @@
+"""Thin HTTP routers over the services; errors are mapped to HTTP in `errors.py` only."""

@@ -1,0 +1,1 @@
+"""Who is calling: API keys and certificate identities, mapped to configured callers."""

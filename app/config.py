@@ -1,0 +1,316 @@
+"""Settings: one object, built once from a TOML file with ``TOKEN_BROKER_*`` environment overrides.
+
+Every model forbids unknown keys, so a typo stops start-up instead of being ignored. Problems are
+reported with their key path (``clients.checkout.token_url``) and never with the offending value,
+which could be a secret.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyNetwork,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from app.errors import ConfigError
+
+CONFIG_ENV_VAR = "TOKEN_BROKER_CONFIG"
+NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_IDENTITY_PREFIXES = ("CN=", "URI:", "DNS:")
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for `localhost` and for literal addresses in 127.0.0.0/8 or ::1."""
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _upstream_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError("must be an absolute https:// URL")
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        raise ValueError("plain http:// is refused for non-loopback hosts; use https://")
+    if parts.username or parts.password:
+        raise ValueError("must not carry credentials in the URL")
+    return value.rstrip("/") if parts.path not in ("", "/") else value
+
+
+def _sha256_hex(value: str) -> str:
+    value = value.strip().lower()
+    if not _SHA256_HEX.match(value):
+        raise ValueError("must be 64 hex characters (the SHA-256 of the API key)")
+    return value
+
+
+def _identity(value: str) -> str:
+    if not value.startswith(_IDENTITY_PREFIXES) or value in _IDENTITY_PREFIXES:
+        raise ValueError("must look like 'CN=name', 'URI:spiffe://...' or 'DNS:host'")
+    return value
+
+
+UpstreamUrl = Annotated[str, AfterValidator(_upstream_url)]
+Sha256Hex = Annotated[str, AfterValidator(_sha256_hex)]
+MtlsIdentity = Annotated[str, AfterValidator(_identity)]
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+PositiveSeconds = Annotated[float, Field(gt=0)]
+Seconds = Annotated[float, Field(ge=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Strict):
+    """`[server]`: listeners, TLS and logging."""
+
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    tls_client_cert_required: bool = True
+    ops_port: Port | None = None
+    xfcc_trusted_proxies: list[IPvAnyNetwork] = []
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    limit_concurrency: Annotated[int, Field(ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> Self:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file must be set together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file needs tls_cert_file and tls_key_file (HTTPS)")
+        if self.ops_port is not None and self.ops_port == self.port:
+            raise ValueError("ops_port must differ from port")
+        return self
+
+    @property
+    def tls_enabled(self) -> bool:
+        """Whether the main listener serves HTTPS."""
+        return self.tls_cert_file is not None
+
+
+class StoreSettings(_Strict):
+    """`[store]`: where tokens, locks and the budget live."""
+
+    redis_url: SecretStr | None = None  # may embed a password
+    key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] = "tb"
+    cluster: bool = False
+    socket_timeout_seconds: PositiveSeconds = 1.0
+
+    @model_validator(mode="after")
+    def _url_scheme(self) -> Self:
+        if self.redis_url is None:
+            if self.cluster:
+                raise ValueError("cluster = true needs redis_url")
+            return self
+        scheme = urlsplit(self.redis_url.get_secret_value()).scheme
+        allowed = ("redis", "rediss", "redis+sentinel", "unix")
+        if scheme not in allowed:
+            raise ValueError(f"redis_url scheme must be one of {', '.join(allowed)}")
+        if self.cluster and scheme not in ("redis", "rediss"):
+            raise ValueError("cluster = true needs a redis:// or rediss:// seed URL")
+        return self
+
+
+class BudgetSettings(_Strict):
+    """`[budget]`: the one fleet-wide upstream request budget."""
+
+    limit: Annotated[int, Field(ge=1)] = 50
+    window_seconds: PositiveSeconds = 60.0
+    max_wait_seconds: Seconds = 30.0
+    safety_margin_seconds: Seconds = 1.0
+    count_token_requests: bool = False
+
+
+class ClientSettings(_Strict):
+    """`[clients.NAME]`: one upstream OAuth client (one Paysera project)."""
+
+    token_url: UpstreamUrl = (
+        "https://api.paysera.com/auth/realms/Paysera/protocol/openid-connect/token"
+    )
+    api_base_url: UpstreamUrl = "https://api.paysera.com"
+    client_id: Annotated[str, Field(min_length=1)]
+    client_secret: SecretStr | None = None
+    client_secret_file: Path | None = None
+    client_auth: Literal["form", "basic"] = "form"
+    refresh_buffer_seconds: Seconds = 300.0
+    min_forced_refresh_interval_seconds: Seconds = 10.0
+    timeout_seconds: PositiveSeconds = 10.0
+
+    @model_validator(mode="after")
+    def _one_secret_source(self) -> Self:
+        if self.client_secret is not None and self.client_secret_file is not None:
+            raise ValueError("set client_secret or client_secret_file, not both")
+        if self.client_secret is None and self.client_secret_file is None:
+            raise ValueError("client_secret or client_secret_file is required")
+        return self
+
+    def secret(self) -> SecretStr:
+        """The client secret, read from `client_secret_file` when that is how it is given."""
+        if self.client_secret is not None:
+            return self.client_secret
+        assert self.client_secret_file is not None  # guaranteed by _one_secret_source
+        return SecretStr(self.client_secret_file.read_text(encoding="utf-8").strip())
+
+
+class CallerSettings(_Strict):
+    """`[callers.NAME]`: one internal caller and the clients it may use."""
+
+    api_key_sha256: Sha256Hex | None = None
+    mtls_identities: list[MtlsIdentity] = []
+    clients: Annotated[list[Name], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _has_credential(self) -> Self:
+        if self.api_key_sha256 is None and not self.mtls_identities:
+            raise ValueError("needs api_key_sha256 or mtls_identities (or both)")
+        return self
+
+
+class Settings(BaseSettings):
+    """The whole configuration; environment variables override the file's values."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TOKEN_BROKER_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    server: ServerSettings = ServerSettings()
+    store: StoreSettings = StoreSettings()
+    budget: BudgetSettings = BudgetSettings()
+    clients: dict[Name, ClientSettings]
+    callers: dict[Name, CallerSettings] = {}
+
+    @classmethod
+    def settings_customise_sources(  # the signature is pydantic-settings'
+        cls,
+        settings_cls: type[BaseSettings],  # noqa: ARG003
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003
+        file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment first (it wins), then the file's values passed as init arguments."""
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _some_client(self) -> Self:
+        if not self.clients:
+            raise ValueError("at least one [clients.NAME] table is required")
+        return self
+
+    def reference_problems(self) -> list[tuple[str, str]]:
+        """Problems that span sections: callers naming unknown clients, shared API keys."""
+        problems = [
+            (f"callers.{caller}.clients[{i}]", f"unknown client {client!r}")
+            for caller, spec in self.callers.items()
+            for i, client in enumerate(spec.clients)
+            if client not in self.clients
+        ]
+        return problems + _duplicate_api_keys(self.callers)
+
+
+def _duplicate_api_keys(callers: Mapping[str, CallerSettings]) -> list[tuple[str, str]]:
+    seen: dict[str, str] = {}
+    problems = []
+    for name, spec in callers.items():
+        if spec.api_key_sha256 is None:
+            continue
+        if spec.api_key_sha256 in seen:
+            other = seen[spec.api_key_sha256]
+            problems.append((f"callers.{name}.api_key_sha256", f"same key as callers.{other}"))
+        seen[spec.api_key_sha256] = name
+    return problems
+
+
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    """Key path and message of each error; the input value is left out (it may be a secret)."""
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        path = ".".join(str(part) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        problems.append((path, message))
+    return problems
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError([("", f"config file not found: {path}")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([("", f"{path} is not valid TOML: {exc}")]) from None
+
+
+def _check_secret_files(settings: Settings) -> list[tuple[str, str]]:
+    problems = []
+    for name, client in settings.clients.items():
+        if client.client_secret_file is None:
+            continue
+        key = f"clients.{name}.client_secret_file"
+        try:
+            if not client.secret().get_secret_value():
+                problems.append((key, "the file is empty"))
+        except OSError as exc:
+            problems.append((key, f"cannot read {client.client_secret_file}: {exc.strerror}"))
+    return problems
+
+
+def _check_tls_files(server: ServerSettings) -> list[tuple[str, str]]:
+    files = {
+        "tls_cert_file": server.tls_cert_file,
+        "tls_key_file": server.tls_key_file,
+        "tls_client_ca_file": server.tls_client_ca_file,
+    }
+    return [
+        (f"server.{key}", f"cannot read {path}")
+        for key, path in files.items()
+        if path is not None and not os.access(path, os.R_OK)
+    ]
+
+
+def load_settings(path: Path | str | None = None) -> Settings:
+    """Build the settings from `path` (or $TOKEN_BROKER_CONFIG) and the environment.
+
+    Raises ConfigError listing every problem with its key path.
+    """
+    if path is None:
+        path = os.environ.get(CONFIG_ENV_VAR) or None
+    data = _read_toml(Path(path)) if path is not None else {}
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc)) from None
+    problems = (
+        settings.reference_problems()
+        + _check_secret_files(settings)
+        + _check_tls_files(settings.server)
+    )
+    if problems:
+        raise ConfigError(problems)
+    return settings

@@ -1,0 +1,102 @@
+"""`create_app(settings)` wires settings, store, upstream client and services at start-up."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+
+from app import __version__
+from app.api import health, tokens
+from app.api.errors import install_error_handlers
+from app.auth.callers import CallerAuthenticator
+from app.clock import SYSTEM_CLOCK, Clock
+from app.config import Settings, StoreSettings
+from app.services import Services
+from app.store.memory import MemoryStore
+from app.store.ports import Store
+from app.tokens.service import ClientPolicy, TokenService
+from app.upstream.oauth import UpstreamTokenClient
+
+HTTP_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+
+
+def build_store(settings: StoreSettings, clock: Clock) -> Store:
+    """The embedded store, or the Redis adapter when `redis_url` is set."""
+    if settings.redis_url is None:
+        return MemoryStore(clock=clock)
+    from app.store.redis import RedisStore  # imported only when configured
+
+    return RedisStore(settings, clock=clock)
+
+
+def policies_of(settings: Settings) -> dict[str, ClientPolicy]:
+    """The token service's view of each configured client."""
+    return {
+        name: ClientPolicy(
+            refresh_buffer=spec.refresh_buffer_seconds,
+            min_forced_interval=spec.min_forced_refresh_interval_seconds,
+            upstream_timeout=spec.timeout_seconds,
+        )
+        for name, spec in settings.clients.items()
+    }
+
+
+def instance_id() -> str:
+    """Host name plus a random suffix: unique per process, readable in /health."""
+    return f"{socket.gethostname()}-{secrets.token_hex(3)}"
+
+
+@asynccontextmanager
+async def open_services(settings: Settings, clock: Clock = SYSTEM_CLOCK) -> AsyncIterator[Services]:
+    """Open the store and the upstream HTTP client, build the services, close both after."""
+    store = build_store(settings.store, clock)
+    await store.start()
+    try:
+        async with httpx.AsyncClient(limits=HTTP_LIMITS, follow_redirects=False) as http:
+            fetcher = UpstreamTokenClient(http, settings.clients, clock=clock)
+            token_service = TokenService(policies_of(settings), store, store, fetcher, clock=clock)
+            store.subscribe(token_service.on_change)
+            services = Services(
+                settings=settings,
+                store=store,
+                tokens=token_service,
+                auth=CallerAuthenticator(settings.callers, settings.clients),
+                clock=clock,
+                instance=instance_id(),
+                version=__version__,
+                started_at=clock.time(),
+            )
+            try:
+                yield services
+            finally:
+                await token_service.close()
+    finally:
+        await store.close()
+
+
+def create_app(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> FastAPI:
+    """The broker's ASGI app for `settings`."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        async with open_services(settings, clock) as services:
+            app.state.services = services
+            yield {"services": services}
+
+    app = FastAPI(
+        title="paysera-token-broker",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    install_error_handlers(app)
+    app.include_router(tokens.router)
+    app.include_router(health.router)
+    return app

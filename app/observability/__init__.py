@@ -1,0 +1,1 @@
+"""Logs, metrics and the other things operators look at."""

@@ -1,0 +1,100 @@
+"""Structured logging: one event name per line plus key=value fields.
+
+JSON lines when stderr is not a terminal (what log collectors want), `key=value` text when it is.
+Tokens appear only as `token_fp` fingerprints. As a second line of defence every formatted line
+is scrubbed of the configured secrets and of recently issued tokens, so that not even a
+third-party library's log line can carry one.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+import threading
+import time
+from collections import deque
+from typing import Any
+
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+
+_REDACTED = "[redacted]"
+_MAX_SECRETS = 256
+
+
+class Redactor:
+    """A bounded set of secret strings that must never reach a log line."""
+
+    def __init__(self) -> None:
+        self._secrets: deque[str] = deque(maxlen=_MAX_SECRETS)
+        self._lock = threading.Lock()
+
+    def add(self, secret: str) -> None:
+        """Scrub `secret` from every later log line (short strings are ignored: too common)."""
+        if len(secret) >= 8 and secret not in self._secrets:
+            with self._lock:
+                self._secrets.append(secret)
+
+    def scrub(self, text: str) -> str:
+        """`text` with every registered secret replaced."""
+        for secret in tuple(self._secrets):
+            if secret in text:
+                text = text.replace(secret, _REDACTED)
+        return text
+
+
+REDACTOR = Redactor()
+
+
+def log_event(logger: logging.Logger, level: int, event: str, **fields: Any) -> None:
+    """Log `event` with structured `fields` (never pass a token or secret as a field)."""
+    if logger.isEnabledFor(level):
+        logger.log(level, event, extra={"fields": fields})
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self, as_json: bool) -> None:
+        super().__init__()
+        self._as_json = as_json
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        rid = request_id.get()
+        if rid is not None:
+            fields["request_id"] = rid
+        fields.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            fields["exc"] = self.formatException(record.exc_info)
+        if self._as_json:
+            line = json.dumps(fields, default=str, separators=(",", ":"))
+        else:
+            line = " ".join(f"{key}={_text(value)}" for key, value in fields.items())
+        return REDACTOR.scrub(line)
+
+
+def _text(value: Any) -> str:
+    text = str(value)
+    return json.dumps(text) if (" " in text or "=" in text or not text) else text
+
+
+def configure_logging(level: str, *, as_json: bool | None = None) -> None:
+    """Route every logger (ours, uvicorn's, httpx's) through one structured handler."""
+    if as_json is None:
+        as_json = not sys.stderr.isatty()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter(as_json))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    # uvicorn's access log duplicates our own request log line, which has the caller and outcome.
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)

@@ -1,0 +1,1 @@
+"""Shared state behind small ports: `memory` for one instance, `redis` for a fleet."""

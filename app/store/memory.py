@@ -1,0 +1,115 @@
+"""The embedded store: one process, no Redis. Same semantics as the Redis adapter."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+from app.clock import SYSTEM_CLOCK, Clock
+from app.store.ports import ChangeListener
+from app.tokens.model import (
+    ChangeKind,
+    DiscardOutcome,
+    DiscardResult,
+    Hold,
+    HoldReason,
+    Lease,
+    Token,
+    TokenChange,
+    TokenRecord,
+)
+
+
+@dataclass
+class _ClientState:
+    token: Token | None = None
+    hold_reason: HoldReason | None = None
+    hold_until: float = 0.0  # monotonic
+    last_discard_at: float | None = None  # monotonic
+    lock_owner: str | None = None
+    lock_until: float = 0.0  # monotonic
+
+
+@dataclass
+class MemoryStore:
+    """Tokens, holds and locks in a dict; changes are announced to listeners synchronously."""
+
+    clock: Clock = SYSTEM_CLOCK
+    kind: str = "memory"
+    _clients: dict[str, _ClientState] = field(default_factory=dict)
+    _listeners: list[ChangeListener] = field(default_factory=list)
+
+    def _state(self, client: str) -> _ClientState:
+        return self._clients.setdefault(client, _ClientState())
+
+    def _announce(self, change: TokenChange) -> None:
+        for listener in self._listeners:
+            listener(change)
+
+    async def start(self) -> None:
+        """Nothing to open."""
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    async def ping(self) -> bool:
+        """Always reachable."""
+        return True
+
+    def subscribe(self, listener: ChangeListener) -> None:
+        """Register `listener` for every change."""
+        self._listeners.append(listener)
+
+    async def load(self, client: str) -> TokenRecord:
+        """The client's token and any hold that has not yet lapsed."""
+        state = self._state(client)
+        remaining = state.hold_until - self.clock.monotonic()
+        if state.hold_reason is None or remaining <= 0:
+            return TokenRecord(state.token)
+        return TokenRecord(state.token, Hold(state.hold_reason, remaining))
+
+    async def save(self, client: str, token: Token) -> Token:
+        """Keep whichever of the stored and the new token expires later."""
+        state = self._state(client)
+        if state.token is not None and state.token.expires_at >= token.expires_at:
+            return state.token
+        state.token = token
+        state.hold_reason = None  # a fresh token ends any hold
+        self._announce(TokenChange(client, ChangeKind.SAVED, token.digest))
+        return token
+
+    async def discard(self, client: str, access_token: str, min_interval: float) -> DiscardResult:
+        """Compare-and-delete with the forced-refresh floor."""
+        state = self._state(client)
+        if state.token is None or not secrets.compare_digest(
+            state.token.access_token, access_token
+        ):
+            return DiscardResult(DiscardOutcome.NOT_CURRENT)
+        now = self.clock.monotonic()
+        if state.last_discard_at is not None and now - state.last_discard_at < min_interval:
+            return DiscardResult(
+                DiscardOutcome.THROTTLED, min_interval - (now - state.last_discard_at)
+            )
+        discarded, state.token, state.last_discard_at = state.token, None, now
+        self._announce(TokenChange(client, ChangeKind.DISCARDED, discarded.digest))
+        return DiscardResult(DiscardOutcome.DISCARDED)
+
+    async def hold(self, client: str, reason: HoldReason, seconds: float) -> None:
+        """Pause upstream requests for this client for `seconds`."""
+        state = self._state(client)
+        state.hold_reason, state.hold_until = reason, self.clock.monotonic() + seconds
+
+    async def acquire(self, client: str, ttl: float) -> Lease:
+        """Take the lock if it is free or its holder's lease has lapsed."""
+        state = self._state(client)
+        now = self.clock.monotonic()
+        if state.lock_owner is not None and state.lock_until > now:
+            return Lease(client, None, state.lock_until - now)
+        state.lock_owner, state.lock_until = secrets.token_hex(8), now + ttl
+        return Lease(client, state.lock_owner, 0.0)
+
+    async def release(self, lease: Lease) -> None:
+        """Release the lock if `lease` still owns it."""
+        state = self._state(lease.client)
+        if lease.owner is not None and state.lock_owner == lease.owner:
+            state.lock_owner = None

@@ -1,0 +1,1 @@
+"""The token service: L1 -> shared store -> fleet single flight -> upstream; refresh ahead."""
