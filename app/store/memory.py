@@ -113,3 +113,4 @@ class MemoryStore:
         state = self._state(lease.client)
         if lease.owner is not None and state.lock_owner == lease.owner:
             state.lock_owner = None
+            self._announce(TokenChange(lease.client, ChangeKind.RELEASED, "-"))

@@ -111,6 +111,7 @@ class ChangeKind(enum.StrEnum):
 
     SAVED = "saved"
     DISCARDED = "discarded"
+    RELEASED = "released"  # a refresh lock was released (maybe after a failure): wake waiters
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,4 +120,4 @@ class TokenChange:
 
     client: str
     kind: ChangeKind
-    digest: str  # `digest()` of the saved or discarded token
+    digest: str  # `digest()` of the saved or discarded token; "-" for RELEASED

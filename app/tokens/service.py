@@ -188,7 +188,7 @@ class TokenService:
             return
         if change.kind is ChangeKind.DISCARDED:
             self._forget(change.client, change.digest)
-        else:
+        elif change.kind is ChangeKind.SAVED:
             entry = self._l1.get(change.client)
             if entry is not None and entry.token.digest != change.digest:
                 del self._l1[change.client]  # a newer token exists: re-read on the next request

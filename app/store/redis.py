@@ -1,0 +1,283 @@
+"""The Redis adapter: tokens, holds and the refresh lock shared by a fleet of brokers.
+
+Key schema v1 (see alembic-free-migrations.md); `P` is `store.key_prefix`, and every key of one
+client carries the hash tag `{client}` so a script's keys share one Redis Cluster slot:
+
+    P:v1:{client}:token    hash   access_token, token_type, expires_at, obtained_at; expires with it
+    P:v1:{client}:hold     string why the fleet holds off the upstream; expires when the hold ends
+    P:v1:{client}:forced   string present while a forced refresh is too recent; expires by itself
+    P:v1:{client}:lock     string refresh lock owner; SET NX PX, compare-and-delete release
+    P:v1:changes           pub/sub channel, messages "client kind digest"
+
+Every redis-py exception is translated into `StoreUnavailable` here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from app.clock import SYSTEM_CLOCK, Clock
+from app.config import StoreSettings
+from app.errors import StoreUnavailable
+from app.observability.logs import log_event
+from app.store.ports import ChangeListener
+from app.tokens.model import (
+    ChangeKind,
+    DiscardOutcome,
+    DiscardResult,
+    Hold,
+    HoldReason,
+    Lease,
+    Token,
+    TokenChange,
+    TokenRecord,
+    digest,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "v1"
+_SCRIPTS = ("load", "save", "discard", "acquire", "release")
+_RESUBSCRIBE_MAX_SECONDS = 5.0
+T = TypeVar("T")
+
+
+def lua(name: str) -> str:
+    """The text of `app/store/lua/<name>.lua`."""
+    return resources.files("app.store").joinpath("lua", f"{name}.lua").read_text("utf-8")
+
+
+class KeySchema:
+    """Key names of schema v1 under a prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.base = f"{prefix}:{SCHEMA_VERSION}"
+        self.changes = f"{self.base}:changes"
+
+    def client(self, client: str, kind: str) -> str:
+        """`P:v1:{client}:kind`."""
+        return f"{self.base}:{{{client}}}:{kind}"
+
+
+@asynccontextmanager
+async def translated(operation: str) -> AsyncIterator[None]:
+    """Turn any Redis or socket failure into StoreUnavailable (the core's only store error)."""
+    try:
+        yield
+    except (RedisError, OSError, TimeoutError) as exc:
+        raise StoreUnavailable(
+            f"store unavailable during {operation}: {type(exc).__name__}"
+        ) from exc
+
+
+class RedisStore:
+    """`Store` on Redis (standalone, `rediss://` TLS or a Unix socket)."""
+
+    kind = "redis"
+
+    def __init__(self, settings: StoreSettings, *, clock: Clock = SYSTEM_CLOCK) -> None:
+        assert settings.redis_url is not None
+        self._clock = clock
+        self.keys = KeySchema(settings.key_prefix)
+        self.redis: aioredis.Redis = aioredis.Redis.from_url(
+            settings.redis_url.get_secret_value(),
+            decode_responses=True,
+            socket_timeout=settings.socket_timeout_seconds,
+            socket_connect_timeout=settings.socket_timeout_seconds,
+            # One quick retry rides out a dropped pooled connection; more would only delay the
+            # fallback to L1 while Redis is really down.
+            retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
+            health_check_interval=15,
+        )
+        self._scripts = {name: self.redis.register_script(lua(name)) for name in _SCRIPTS}
+        self._listeners: list[ChangeListener] = []
+        self._subscriber: asyncio.Task[None] | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start listening for changes; Redis may still be down (the listener retries)."""
+        self._subscriber = asyncio.create_task(self._listen_forever())
+
+    async def close(self) -> None:
+        """Stop the listener and close the pool."""
+        if self._subscriber is not None:
+            self._subscriber.cancel()
+            await asyncio.gather(self._subscriber, return_exceptions=True)
+        await self.redis.aclose()
+
+    async def ping(self) -> bool:
+        """Whether Redis answers PING."""
+        try:
+            return bool(await self.redis.ping())
+        except (RedisError, OSError, TimeoutError):
+            return False
+
+    def subscribe(self, listener: ChangeListener) -> None:
+        """Call `listener` for every change any instance makes."""
+        self._listeners.append(listener)
+
+    # -- tokens -------------------------------------------------------------------------------
+
+    async def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        async with translated(name):
+            return await self._scripts[name](keys=keys, args=args)
+
+    async def load(self, client: str) -> TokenRecord:
+        """Token and hold in one script call."""
+        k = self.keys
+        raw = await self._run("load", [k.client(client, "token"), k.client(client, "hold")], [])
+        token = _token(raw[0], raw[1], raw[2], raw[3])
+        hold = None
+        if raw[4] and int(raw[5]) > 0:
+            hold = Hold(HoldReason(raw[4]), int(raw[5]) / 1000)
+        return TokenRecord(token, hold)
+
+    async def save(self, client: str, token: Token) -> Token:
+        """Store `token` unless a later-expiring one is stored; return the winner."""
+        k = self.keys
+        ttl_ms = max(1000, int((token.expires_at - self._clock.time()) * 1000) + 1000)
+        raw = await self._run(
+            "save",
+            [k.client(client, "token"), k.client(client, "hold")],
+            [
+                token.access_token,
+                token.token_type,
+                repr(token.expires_at),
+                repr(token.obtained_at),
+                ttl_ms,
+                k.changes,
+                _message(client, ChangeKind.SAVED, token.digest),
+            ],
+        )
+        if int(raw[0]) == 1:
+            return token
+        winner = _token(raw[1], raw[2], raw[3], raw[4])
+        assert winner is not None
+        return winner
+
+    async def discard(self, client: str, access_token: str, min_interval: float) -> DiscardResult:
+        """Compare-and-delete with the forced-refresh floor, decided inside Redis."""
+        k = self.keys
+        raw = await self._run(
+            "discard",
+            [k.client(client, "token"), k.client(client, "forced")],
+            [
+                access_token,
+                int(min_interval * 1000),
+                k.changes,
+                _message(client, ChangeKind.DISCARDED, digest(access_token)),
+            ],
+        )
+        code = int(raw[0])
+        if code == 0:
+            return DiscardResult(DiscardOutcome.NOT_CURRENT)
+        if code == 2:
+            return DiscardResult(DiscardOutcome.THROTTLED, int(raw[1]) / 1000)
+        return DiscardResult(DiscardOutcome.DISCARDED)
+
+    async def hold(self, client: str, reason: HoldReason, seconds: float) -> None:
+        """SET the hold with its own expiry."""
+        if seconds <= 0:
+            return
+        async with translated("hold"):
+            await self.redis.set(
+                self.keys.client(client, "hold"), reason.value, px=int(seconds * 1000)
+            )
+
+    # -- lock ---------------------------------------------------------------------------------
+
+    async def acquire(self, client: str, ttl: float) -> Lease:
+        """SET NX PX with a fresh owner id per acquisition."""
+        owner = secrets.token_hex(12)
+        raw = await self._run(
+            "acquire", [self.keys.client(client, "lock")], [owner, int(ttl * 1000)]
+        )
+        if int(raw[0]) == 1:
+            return Lease(client, owner)
+        return Lease(client, None, max(0.0, int(raw[1]) / 1000))
+
+    async def release(self, lease: Lease) -> None:
+        """Compare-and-delete; wakes waiters."""
+        if lease.owner is None:
+            return
+        await self._run(
+            "release",
+            [self.keys.client(lease.client, "lock")],
+            [lease.owner, self.keys.changes, _message(lease.client, ChangeKind.RELEASED, "-")],
+        )
+
+    # -- change feed --------------------------------------------------------------------------
+
+    async def _listen_forever(self) -> None:
+        """Deliver change messages to listeners; reconnect with backoff after a failure."""
+        delay = 0.1
+        while True:
+            try:
+                await self._listen_once()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, TimeoutError) as exc:
+                log_event(log, logging.DEBUG, "store.subscriber_retry", error=type(exc).__name__)
+            # A gap in the feed is healed by the token service re-reading the store.
+            await asyncio.sleep(delay)
+            delay = min(_RESUBSCRIBE_MAX_SECONDS, delay * 2)
+
+    async def _listen_once(self) -> None:
+        pubsub: PubSub = self.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self.keys.changes)
+            while True:
+                message = await pubsub.get_message(timeout=30.0)
+                if message is not None:
+                    self._dispatch(message.get("data"))
+        finally:
+            await _quietly(pubsub.aclose)
+
+    def _dispatch(self, data: object) -> None:
+        change = _parse_message(data)
+        if change is None:
+            return
+        for listener in self._listeners:
+            listener(change)
+
+
+def _message(client: str, kind: ChangeKind, digest: str) -> str:
+    return f"{client} {kind.value} {digest}"
+
+
+def _parse_message(data: object) -> TokenChange | None:
+    if not isinstance(data, str):
+        return None
+    parts = data.split(" ")
+    if len(parts) != 3:
+        return None
+    try:
+        return TokenChange(parts[0], ChangeKind(parts[1]), parts[2])
+    except ValueError:
+        return None
+
+
+def _token(access_token: Any, token_type: Any, expires_at: Any, obtained_at: Any) -> Token | None:
+    if not access_token:
+        return None
+    return Token(access_token, float(expires_at), float(obtained_at), token_type or "Bearer")
+
+
+async def _quietly(close: Callable[[], Awaitable[T]]) -> None:
+    try:
+        await close()
+    except (RedisError, OSError, TimeoutError):
+        pass
