@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = "v1"
 _SCRIPTS = ("load", "save", "discard", "acquire", "release")
 _RESUBSCRIBE_MAX_SECONDS = 5.0
+SUBSCRIBE_WAIT_SECONDS = 2.0
 T = TypeVar("T")
 
 
@@ -104,12 +105,17 @@ class RedisStore:
         self._scripts = {name: self.redis.register_script(lua(name)) for name in _SCRIPTS}
         self._listeners: list[ChangeListener] = []
         self._subscriber: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Start listening for changes; Redis may still be down (the listener retries)."""
         self._subscriber = asyncio.create_task(self._listen_forever())
+        try:  # so that a cold fleet does not miss the first broadcast
+            await asyncio.wait_for(self._subscribed.wait(), SUBSCRIBE_WAIT_SECONDS)
+        except TimeoutError:
+            log_event(log, logging.WARNING, "store.unreachable_at_start")
 
     async def close(self) -> None:
         """Stop the listener and close the pool."""
@@ -239,6 +245,7 @@ class RedisStore:
         pubsub: PubSub = self.redis.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(self.keys.changes)
+            self._subscribed.set()
             while True:
                 message = await pubsub.get_message(timeout=30.0)
                 if message is not None:

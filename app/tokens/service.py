@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 30.0
+MAX_WAIT_FOR_BROADCAST_SECONDS = 2.0
 STORE_RETRY_SECONDS = 1.0
 """After a store failure, how long the slow path goes straight to the local fallback."""
 _TOMBSTONES_PER_CLIENT = 8
@@ -252,7 +253,8 @@ class TokenService:
                 finally:
                     await self._release(lock, lease)
             # Another instance is refreshing: wait for its broadcast, or for its lease to lapse.
-            await self._wait(changed, lease.wait + 0.05)
+            # The cap re-reads the store now and then in case the broadcast was lost.
+            await self._wait(changed, min(lease.wait + 0.05, MAX_WAIT_FOR_BROADCAST_SECONDS))
 
     async def _refresh_holding_lock(self, store: TokenStore, client: str, ahead: float) -> Token:
         record = await store.load(client)  # the previous holder may have just finished
