@@ -145,6 +145,8 @@ class BudgetSettings(_Strict):
     max_wait_seconds: Seconds = 30.0
     safety_margin_seconds: Seconds = 1.0
     count_token_requests: bool = False
+    on_store_unavailable: Literal["fail_closed", "local_share"] = "fail_closed"
+    expected_instances: Annotated[int, Field(ge=1)] = 3  # for local_share: limit / instances
 
 
 class ClientSettings(_Strict):

@@ -106,6 +106,12 @@ class RefreshThrottled(RetryableError):
 class BudgetExhausted(RetryableError):
     """No budget permit became free within the caller's wait."""
 
+    def __init__(
+        self, message: str, *, client: str | None = None, retry_after: float, limit: int
+    ) -> None:
+        super().__init__(message, client=client, retry_after=retry_after)
+        self.limit = limit
+
 
 class StoreUnavailable(RetryableError):
     """The shared store (Redis) did not answer."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -12,9 +12,10 @@ import httpx
 from fastapi import FastAPI
 
 from app import __version__
-from app.api import health, tokens
+from app.api import budget, health, tokens
 from app.api.errors import install_error_handlers
 from app.auth.callers import CallerAuthenticator
+from app.budget.service import BudgetService
 from app.clock import SYSTEM_CLOCK, Clock
 from app.config import Settings, StoreSettings
 from app.services import Services
@@ -47,6 +48,15 @@ def policies_of(settings: Settings) -> dict[str, ClientPolicy]:
     }
 
 
+def permit_taker(budget_service: BudgetService) -> Callable[[str], Awaitable[None]]:
+    """Token requests take budget permits too (`budget.count_token_requests`)."""
+
+    async def take(client: str) -> None:
+        await budget_service.acquire(client, budget_service.settings.max_wait_seconds)
+
+    return take
+
+
 def instance_id() -> str:
     """Host name plus a random suffix: unique per process, readable in /health."""
     return f"{socket.gethostname()}-{secrets.token_hex(3)}"
@@ -60,12 +70,23 @@ async def open_services(settings: Settings, clock: Clock = SYSTEM_CLOCK) -> Asyn
     try:
         async with httpx.AsyncClient(limits=HTTP_LIMITS, follow_redirects=False) as http:
             fetcher = UpstreamTokenClient(http, settings.clients, clock=clock)
-            token_service = TokenService(policies_of(settings), store, store, fetcher, clock=clock)
+            budget_service = BudgetService(settings.budget, store, clock=clock)
+            token_service = TokenService(
+                policies_of(settings),
+                store,
+                store,
+                fetcher,
+                clock=clock,
+                take_permit=permit_taker(budget_service)
+                if settings.budget.count_token_requests
+                else None,
+            )
             store.subscribe(token_service.on_change)
             services = Services(
                 settings=settings,
                 store=store,
                 tokens=token_service,
+                budget=budget_service,
                 auth=CallerAuthenticator(settings.callers, settings.clients),
                 clock=clock,
                 instance=instance_id(),
@@ -98,5 +119,6 @@ def create_app(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(tokens.router)
+    app.include_router(budget.router)
     app.include_router(health.router)
     return app

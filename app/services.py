@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from app.auth.callers import CallerAuthenticator
+from app.budget.service import BudgetService
 from app.clock import Clock
 from app.config import Settings
 from app.store.ports import Store
@@ -19,9 +19,9 @@ class Services:
     settings: Settings
     store: Store
     tokens: TokenService
+    budget: BudgetService
     auth: CallerAuthenticator
     clock: Clock
     instance: str
     version: str
     started_at: float
-    extra: dict[str, Any] = field(default_factory=dict)

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.budget.service import rate_limit_headers
 from app.errors import (
     BrokerError,
     BudgetExhausted,
@@ -76,6 +77,8 @@ def broker_error_response(exc: BrokerError) -> JSONResponse:
         headers["Retry-After"] = exc.retry_after_header
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = WWW_AUTHENTICATE
+    if isinstance(exc, BudgetExhausted):
+        headers |= rate_limit_headers(exc.limit, 0, exc.retry_after)
     return error_json(status, code, exc.message, headers)
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from app.api.deps import ServicesDep
+from app.errors import StoreUnavailable
 from app.services import Services
 
 router = APIRouter(tags=["health"])
@@ -63,6 +65,26 @@ def overall(store_ok: bool, clients: dict[str, dict[str, Any]]) -> tuple[str, li
     return ("degraded" if reasons else "ok"), reasons
 
 
+async def budget_report(services: Services) -> dict[str, Any]:
+    """The fleet budget's limit and current use (use unknown while the store is down)."""
+    settings = services.budget.settings
+    report: dict[str, Any] = {
+        "limit": settings.limit,
+        "window_seconds": settings.window_seconds,
+        "used": None,
+        "remaining": None,
+        "cooldown_seconds": None,
+    }
+    try:
+        usage = await asyncio.wait_for(services.budget.usage(), PING_TIMEOUT_SECONDS)
+    except (StoreUnavailable, TimeoutError):
+        return report
+    report["used"] = usage.used
+    report["remaining"] = max(0, settings.limit - usage.used)
+    report["cooldown_seconds"] = math.ceil(usage.cooldown)
+    return report
+
+
 async def health_report(services: Services) -> dict[str, Any]:
     """The full /health document."""
     now = services.clock.time()
@@ -71,7 +93,6 @@ async def health_report(services: Services) -> dict[str, Any]:
     status, reasons = overall(store_ok, clients)
     for report in clients.values():
         del report["_degraded"], report["_servable"]
-    budget = services.extra.get("budget_report")
     return {
         "status": status,
         "reasons": reasons,
@@ -80,7 +101,7 @@ async def health_report(services: Services) -> dict[str, Any]:
         "uptime_seconds": int(now - services.started_at),
         "store": {"kind": services.store.kind, "ok": store_ok},
         "clients": clients,
-        "budget": await budget() if budget is not None else None,
+        "budget": await budget_report(services),
     }
 
 

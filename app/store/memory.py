@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 
-from app.clock import SYSTEM_CLOCK, Clock
+from app.store.memory_budget import MemoryBudget
 from app.store.ports import ChangeListener
 from app.tokens.model import (
     ChangeKind,
@@ -31,10 +31,9 @@ class _ClientState:
 
 
 @dataclass
-class MemoryStore:
-    """Tokens, holds and locks in a dict; changes are announced to listeners synchronously."""
+class MemoryStore(MemoryBudget):
+    """Tokens, holds, locks and the budget in memory; changes are announced synchronously."""
 
-    clock: Clock = SYSTEM_CLOCK
     kind: str = "memory"
     _clients: dict[str, _ClientState] = field(default_factory=dict)
     _listeners: list[ChangeListener] = field(default_factory=list)

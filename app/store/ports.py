@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from app.budget.model import Reservation, Usage, Window
 from app.tokens.model import DiscardResult, HoldReason, Lease, Token, TokenChange, TokenRecord
 
 ChangeListener = Callable[[TokenChange], None]
@@ -67,7 +68,32 @@ class ChangeFeed(Protocol):
         ...
 
 
-class Store(TokenStore, RefreshLock, ChangeFeed, Protocol):
+class BudgetStore(Protocol):
+    """The fleet's sliding window of upstream permits, decided on the store's clock."""
+
+    async def reserve(self, window: Window, max_wait: float, permit_id: str) -> Reservation:
+        """Reserve the earliest permit; granted only if it comes within `max_wait` seconds."""
+        ...
+
+    async def confirm(self, permit_id: str) -> float:
+        """When a reserved slot arrives: 0 if the permit stands, else the cooldown left (the
+        permit is withdrawn because the upstream asked the fleet to pause meanwhile)."""
+        ...
+
+    async def withdraw(self, permit_id: str) -> None:
+        """Give back a reserved permit not yet used (removing one only lowers counts)."""
+        ...
+
+    async def cool_down(self, seconds: float) -> float:
+        """Grant nothing for `seconds` (extends, never shortens); returns the cooldown left."""
+        ...
+
+    async def usage(self, window: Window) -> Usage:
+        """The window's current use, for /health."""
+        ...
+
+
+class Store(TokenStore, RefreshLock, ChangeFeed, BudgetStore, Protocol):
     """Everything one backend provides, plus its lifecycle."""
 
     kind: str

@@ -8,6 +8,8 @@ client carries the hash tag `{client}` so a script's keys share one Redis Cluste
     P:v1:{client}:forced   string present while a forced refresh is too recent; expires by itself
     P:v1:{client}:lock     string refresh lock owner; SET NX PX, compare-and-delete release
     P:v1:changes           pub/sub channel, messages "client kind digest"
+    P:v1:{budget}:grants   zset   permit id -> slot (ms of Redis time); the fleet's sliding window
+    P:v1:{budget}:cooldown string present until the upstream's reported reset has passed
 
 Every redis-py exception is translated into `StoreUnavailable` here.
 """
@@ -28,6 +30,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
+from app.budget.model import Reservation, Usage, Window
 from app.clock import SYSTEM_CLOCK, Clock
 from app.config import StoreSettings
 from app.errors import StoreUnavailable
@@ -49,7 +52,17 @@ from app.tokens.model import (
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "v1"
-_SCRIPTS = ("load", "save", "discard", "acquire", "release")
+_SCRIPTS = (
+    "load",
+    "save",
+    "discard",
+    "acquire",
+    "release",
+    "budget_reserve",
+    "budget_confirm",
+    "budget_cooldown",
+    "budget_usage",
+)
 _RESUBSCRIBE_MAX_SECONDS = 5.0
 SUBSCRIBE_WAIT_SECONDS = 2.0
 T = TypeVar("T")
@@ -70,6 +83,11 @@ class KeySchema:
     def client(self, client: str, kind: str) -> str:
         """`P:v1:{client}:kind`."""
         return f"{self.base}:{{{client}}}:{kind}"
+
+    @property
+    def budget(self) -> list[str]:
+        """The budget script's keys: grants zset and cooldown, in one slot."""
+        return [f"{self.base}:{{budget}}:grants", f"{self.base}:{{budget}}:cooldown"]
 
 
 @asynccontextmanager
@@ -225,6 +243,38 @@ class RedisStore:
             [lease.owner, self.keys.changes, _message(lease.client, ChangeKind.RELEASED, "-")],
         )
 
+    # -- budget -------------------------------------------------------------------------------
+
+    async def reserve(self, window: Window, max_wait: float, permit_id: str) -> Reservation:
+        """One script call decides the permit on Redis time."""
+        raw = await self._run(
+            "budget_reserve",
+            self.keys.budget,
+            [window.limit, _ms(window.seconds), _ms(max_wait), permit_id],
+        )
+        granted, delay, remaining, reset = (int(x) for x in raw)
+        return Reservation(granted == 1, delay / 1000, remaining, reset / 1000, permit_id)
+
+    async def confirm(self, permit_id: str) -> float:
+        """Withdrawn (cooldown ms left) if a cooldown began after the reservation."""
+        raw = await self._run("budget_confirm", self.keys.budget, [permit_id])
+        return 0.0 if int(raw[0]) == 1 else int(raw[1]) / 1000
+
+    async def withdraw(self, permit_id: str) -> None:
+        """ZREM the unused reservation."""
+        async with translated("withdraw"):
+            await self.redis.zrem(self.keys.budget[0], permit_id)
+
+    async def cool_down(self, seconds: float) -> float:
+        """Extend the cooldown to at least `seconds`."""
+        raw = await self._run("budget_cooldown", [self.keys.budget[1]], [_ms(seconds)])
+        return int(raw) / 1000
+
+    async def usage(self, window: Window) -> Usage:
+        """Grants in the window and the cooldown left, on Redis time."""
+        raw = await self._run("budget_usage", self.keys.budget, [_ms(window.seconds)])
+        return Usage(int(raw[0]), int(raw[1]) / 1000)
+
     # -- change feed --------------------------------------------------------------------------
 
     async def _listen_forever(self) -> None:
@@ -259,6 +309,10 @@ class RedisStore:
             return
         for listener in self._listeners:
             listener(change)
+
+
+def _ms(seconds: float) -> int:
+    return max(0, round(seconds * 1000))
 
 
 def _message(client: str, kind: ChangeKind, digest: str) -> str:

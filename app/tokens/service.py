@@ -26,6 +26,7 @@ from typing import Protocol
 
 from app.clock import SYSTEM_CLOCK, Clock
 from app.errors import (
+    BudgetExhausted,
     RefreshThrottled,
     StoreUnavailable,
     UnknownClient,
@@ -266,6 +267,10 @@ class TokenService:
             return self._held(client, token, record.hold)
         try:
             new = await self._fetch(client)
+        except BudgetExhausted:
+            if token is not None and token.expires_at > self._clock.time():
+                return self._remember(client, token)  # wait for a permit with the old token
+            raise
         except UpstreamError as exc:
             hold = self._hold_for(client, exc)
             await store.hold(client, hold.reason, hold.remaining)

@@ -1,0 +1,36 @@
+"""Values the budget service and its store exchange."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """At most `limit` permits in any `seconds` (the window plus the safety margin)."""
+
+    limit: int
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A store's answer to a permit request.
+
+    Granted: use the permit after `delay` seconds (0 for now). Not granted: the earliest permit
+    would come after `delay` seconds, longer than the caller wanted to wait.
+    """
+
+    granted: bool
+    delay: float
+    remaining: int
+    reset: float  # seconds until the oldest grant leaves the window
+    permit_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Grants in the current window (reserved future slots included) and the cooldown left."""
+
+    used: int
+    cooldown: float
