@@ -1,0 +1,207 @@
+"""/budget/acquire and /budget/report over real HTTP, on both stores; the fleet over 3 processes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import API_KEYS, BrokerFactory, Emulator, broker_config
+from tests.support.fleet import fleet
+from tests.support.redis import RedisServer
+
+HEADERS = {"X-API-Key": API_KEYS["orders"]}
+RATE_HEADERS = ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset")
+
+
+async def test_acquire_grants_with_upstream_style_headers(broker: BrokerFactory) -> None:
+    """A permit comes back as 200 with granted/limit/remaining/reset and X-RateLimit-*."""
+    async with broker(budget={"limit": 3, "window_seconds": 60}) as http:
+        first = await http.post("/budget/acquire?client=checkout", headers=HEADERS)
+        second = await http.post("/budget/acquire", headers=HEADERS)
+    assert first.status_code == 200
+    assert first.json() == {"granted": True, "limit": 3, "remaining": 2, "reset": 61}
+    assert [first.headers[h] for h in RATE_HEADERS] == ["3", "2", "61"]
+    assert second.json()["remaining"] == 1
+
+
+async def test_exhausted_budget_answers_429_with_retry_after(broker: BrokerFactory) -> None:
+    """With no permit inside `wait`, 429 budget_exhausted carries Retry-After and X-RateLimit-*."""
+    async with broker(budget={"limit": 1, "window_seconds": 30}) as http:
+        await http.post("/budget/acquire", headers=HEADERS)
+        denied = await http.post("/budget/acquire?wait=1", headers=HEADERS)
+    assert denied.status_code == 429
+    assert denied.json()["error"] == "budget_exhausted"
+    assert 29 <= int(denied.headers["retry-after"]) <= 31
+    assert denied.headers["x-ratelimit-remaining"] == "0"
+    assert denied.headers["x-ratelimit-limit"] == "1"
+
+
+async def test_acquire_waits_for_the_next_slot(broker: BrokerFactory) -> None:
+    """A caller willing to wait gets the next slot after the window, not an error."""
+    async with broker(
+        budget={"limit": 1, "window_seconds": 0.5, "safety_margin_seconds": 0}
+    ) as http:
+        await http.post("/budget/acquire", headers=HEADERS)
+        started = time.monotonic()
+        waited = await http.post("/budget/acquire?wait=2", headers=HEADERS)
+        elapsed = time.monotonic() - started
+    assert waited.status_code == 200
+    assert 0.4 <= elapsed <= 1.5
+
+
+async def test_wait_is_capped_by_max_wait_seconds(broker: BrokerFactory) -> None:
+    """A wait longer than max_wait_seconds is cut to it: the caller gets 429, not a long hang."""
+    budget = {"limit": 1, "window_seconds": 30, "max_wait_seconds": 0.2}
+    async with broker(budget=budget) as http:
+        await http.post("/budget/acquire", headers=HEADERS)
+        started = time.monotonic()
+        denied = await http.post("/budget/acquire?wait=25", headers=HEADERS)
+    assert denied.status_code == 429
+    assert time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize("wait", ["-1", "nan", "inf", "soon"])
+async def test_bad_wait_is_invalid_request(broker: BrokerFactory, wait: str) -> None:
+    """A negative, infinite or non-numeric wait is 400 invalid_request."""
+    async with broker() as http:
+        response = await http.post(f"/budget/acquire?wait={wait}", headers=HEADERS)
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_request"
+
+
+async def test_budget_needs_credentials_and_authorisation(broker: BrokerFactory) -> None:
+    """No key is 401; a client the caller may not use is 403."""
+    async with broker() as http:
+        anonymous = await http.post("/budget/acquire")
+        forbidden = await http.post("/budget/acquire?client=payouts", headers=HEADERS)
+    assert anonymous.status_code == 401
+    assert forbidden.status_code == 403
+
+
+async def test_report_of_429_pauses_grants_until_reset(broker: BrokerFactory) -> None:
+    """After a reported upstream 429 with reset 2 s, no permit is granted until it passed."""
+    async with broker() as http:
+        report = await http.post(
+            "/budget/report",
+            headers=HEADERS,
+            json={"client": "checkout", "status": 429, "headers": {"X-RateLimit-Reset": "2"}},
+        )
+        denied = await http.post("/budget/acquire", headers=HEADERS)
+        started = time.monotonic()
+        granted = await http.post("/budget/acquire?wait=5", headers=HEADERS)
+        waited = time.monotonic() - started
+        health = (await http.get("/health")).json()
+    assert report.status_code == 204
+    assert denied.status_code == 429 and int(denied.headers["retry-after"]) == 2
+    assert granted.status_code == 200
+    assert 1.0 <= waited <= 3.0
+    assert health["budget"]["limit"] == 50 and health["budget"]["used"] >= 1
+
+
+async def test_report_body_is_validated(broker: BrokerFactory) -> None:
+    """A report without a status or with unknown fields is 400 invalid_request."""
+    async with broker() as http:
+        missing = await http.post("/budget/report", headers=HEADERS, json={"client": "checkout"})
+        extra = await http.post(
+            "/budget/report", headers=HEADERS, json={"status": 429, "surprise": True}
+        )
+    assert missing.status_code == extra.status_code == 400
+
+
+async def test_token_requests_take_permits_when_counted(
+    broker: BrokerFactory, emulator: Emulator
+) -> None:
+    """With count_token_requests, the broker's own token request uses a permit."""
+    async with broker(budget={"count_token_requests": True, "limit": 5}) as http:
+        await http.get("/token", headers=HEADERS)
+        health = (await http.get("/health")).json()
+    assert health["budget"]["used"] == 1
+
+
+async def test_redis_down_fails_closed_by_default(emulator: Emulator, tmp_path: Path) -> None:
+    """With Redis unreachable the budget answers 503 store_unavailable, never a blind grant."""
+    server = RedisServer().start()
+    config = broker_config(emulator, {"redis_url": server.url, "key_prefix": "closed"})
+    try:
+        with fleet(config, tmp_path, size=1) as (broker,):
+            server.stop()
+            async with httpx.AsyncClient(base_url=broker.url, timeout=10) as http:
+                response = await http.post("/budget/acquire", headers=HEADERS)
+    finally:
+        server.cleanup()
+    assert response.status_code == 503
+    assert response.json()["error"] == "store_unavailable"
+    assert "retry-after" in response.headers
+
+
+@pytest.mark.fleet
+async def test_fleet_never_exceeds_the_limit_in_any_window(
+    emulator: Emulator, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """3 processes, limit 20 per 4 s, 60 hungry callers for 12 s: no 4-second window holds more
+    than 20 grants (as the callers received them), utilisation >= 95 %, every 429 has
+    Retry-After."""
+    budget = {"limit": 20, "window_seconds": 4, "safety_margin_seconds": 0.1, "max_wait_seconds": 5}
+    store = {"redis_url": redis_server.url, "key_prefix": f"w{uuid.uuid4().hex[:8]}"}
+    config = broker_config(emulator, store, budget=budget)
+    received: list[float] = []
+    denials: list[httpx.Response] = []
+    run_seconds = 12.0
+
+    async def hungry(http: httpx.AsyncClient, url: str, stop_at: float) -> None:
+        while time.monotonic() < stop_at:
+            wait = min(5.0, stop_at - time.monotonic())
+            response = await http.post(f"{url}/budget/acquire?wait={wait:.3f}", headers=HEADERS)
+            if response.status_code == 200:
+                if time.monotonic() <= stop_at:
+                    received.append(time.monotonic())
+            else:
+                denials.append(response)
+                await asyncio.sleep(min(0.2, max(0.0, stop_at - time.monotonic())))
+
+    with fleet(config, tmp_path) as brokers:
+        limits = httpx.Limits(max_connections=100)
+        async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+            stop_at = time.monotonic() + run_seconds
+            await asyncio.gather(*(hungry(http, brokers[i % 3].url, stop_at) for i in range(60)))
+
+    ordered = sorted(received)
+    worst = max(sum(1 for t in ordered if s <= t <= s + 4.0) for s in ordered)
+    assert worst <= 20
+    assert len(received) >= 0.95 * run_seconds * 20 / 4
+    assert all("retry-after" in r.headers and r.status_code == 429 for r in denials)
+
+
+@pytest.mark.fleet
+async def test_a_429_reported_to_one_instance_stops_all(
+    emulator: Emulator, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A 429 reported on one instance makes the other instances refuse permits until reset."""
+    store: dict[str, Any] = {
+        "redis_url": redis_server.url,
+        "key_prefix": f"c{uuid.uuid4().hex[:8]}",
+    }
+    with fleet(broker_config(emulator, store), tmp_path) as brokers:
+        async with httpx.AsyncClient(timeout=10) as http:
+            await http.post(
+                f"{brokers[0].url}/budget/report",
+                headers=HEADERS,
+                json={"status": 429, "headers": {"X-RateLimit-Reset": "2"}},
+            )
+            during = [
+                (await http.post(f"{b.url}/budget/acquire", headers=HEADERS)).status_code
+                for b in brokers
+            ]
+            await asyncio.sleep(2.2)
+            after = [
+                (await http.post(f"{b.url}/budget/acquire", headers=HEADERS)).status_code
+                for b in brokers
+            ]
+    assert during == [429, 429, 429]
+    assert after == [200, 200, 200]
