@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from app.auth.callers import Caller
+from app.auth.certificates import scope_identities
+from app.auth.xfcc import MalformedXfcc, is_trusted_peer, nearest_identities
+from app.observability.logs import log_event
 from app.services import Services
 from app.tokens.service import TokenService
+
+log = logging.getLogger(__name__)
+
+XFCC_HEADER = "x-forwarded-client-cert"
 
 
 def get_services(request: Request) -> Services:
@@ -22,10 +30,33 @@ def get_token_service(request: Request) -> TokenService:
     return get_services(request).tokens
 
 
+def caller_identities(request: Request) -> list[str] | None:
+    """Identities of the client certificate this request presents; None when it presents none.
+
+    From a peer inside `server.xfcc_trusted_proxies` that sends X-Forwarded-Client-Cert, the
+    certificate is the one that header describes (its last element: the nearest proxy's), and a
+    malformed header counts as no certificate. From any other peer the header is ignored and
+    the certificate is the one verified in this connection's TLS handshake, if any.
+    """
+    trusted = get_services(request).settings.server.xfcc_trusted_proxies
+    values = request.headers.getlist(XFCC_HEADER)
+    peer = request.client.host if request.client is not None else None
+    if values and trusted and is_trusted_peer(peer, trusted):
+        try:
+            # Repeated header lines are one comma-separated list (RFC 9110 section 5.3).
+            return nearest_identities(",".join(values))
+        except MalformedXfcc as exc:
+            log_event(log, logging.WARNING, "auth.xfcc_malformed", peer=peer, problem=str(exc))
+            return None
+    return scope_identities(request.scope)
+
+
 def get_caller(request: Request) -> Caller:
     """Authenticate the request's credentials (API key and/or client certificate)."""
     services = get_services(request)
-    caller = services.auth.authenticate(api_key=request.headers.get("x-api-key"), identities=None)
+    caller = services.auth.authenticate(
+        api_key=request.headers.get("x-api-key"), identities=caller_identities(request)
+    )
     request.state.caller = caller.name
     return caller
 
