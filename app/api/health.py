@@ -1,4 +1,10 @@
-"""`/health` (JSON), `/health/live`, `/health/ready`: no credentials needed, nothing secret."""
+"""`/health` (JSON, or the HTML dashboard), `/health/live`, `/health/ready`.
+
+No credentials needed and nothing secret inside: keep these paths (and /metrics) inside the
+cluster. `server.health_details = false` leaves out the per-client detail and error texts.
+The report is cheap: no upstream call, and the store is asked three short questions (ping,
+budget use, fleet) at once, each bounded by `PING_TIMEOUT_SECONDS`.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,10 @@ import asyncio
 import math
 from typing import Any
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from app.api.dashboard import DASHBOARD_HEADERS, prefers_html, render_dashboard
 from app.api.deps import ServicesDep
 from app.errors import StoreUnavailable
 from app.services import Services
@@ -16,6 +23,7 @@ from app.services import Services
 router = APIRouter(tags=["health"])
 
 PING_TIMEOUT_SECONDS = 0.5
+NO_STORE = {"Cache-Control": "no-store", "Vary": "Accept"}
 
 
 async def store_answers(services: Services) -> bool:
@@ -30,20 +38,26 @@ def client_report(services: Services, name: str, now: float) -> dict[str, Any]:
     """This instance's view of one client, with the reasons it degrades health."""
     status = services.tokens.status(name)
     token = status.token
+    if token is not None and token.digest in status.tombstones:
+        token = None  # invalidated: no longer what this instance would hand out
+    buffer = services.tokens.policy(name).refresh_buffer
     if token is None:
         state, expires_in = "missing", None
     elif token.expires_at <= now:
         state, expires_in = "expired", 0
     else:
         state, expires_in = "valid", int(token.expires_at - now)
-    in_buffer = token is not None and now >= token.serve_until(
-        services.tokens.policy(name).refresh_buffer
-    )
+    in_buffer = token is not None and now >= token.serve_until(buffer)
     return {
         "token": state,
         "expires_in": expires_in,
+        "lifetime_seconds": None if token is None else int(token.lifetime),
+        # The refresh point: the token is not handed out with less than this left.
+        "refresh_buffer_seconds": int(buffer if token is None else min(buffer, token.lifetime / 2)),
         "last_refresh_at": int(status.last_refresh_at) if status.last_refresh_at else None,
+        "last_refresh_outcome": status.last_refresh_outcome,
         "last_error": status.last_error,
+        "last_error_category": status.last_error_category,
         "last_error_at": int(status.last_error_at) if status.last_error_at else None,
         "requested": status.requested,
         "_degraded": status.requested and (status.last_error is not None or in_buffer),
@@ -51,18 +65,31 @@ def client_report(services: Services, name: str, now: float) -> dict[str, Any]:
     }
 
 
-def overall(store_ok: bool, clients: dict[str, dict[str, Any]]) -> tuple[str, list[str]]:
-    """`ok`, `degraded` or `down`, with the reasons."""
+def overall(
+    store_ok: bool, clients: dict[str, dict[str, Any]], *, details: bool = True
+) -> tuple[str, list[str]]:
+    """`ok`, `degraded` or `down`, with the reasons (without client detail if `details` is off)."""
     reasons = [] if store_ok else ["store unreachable"]
-    reasons += [
-        f"client {name}: {c['last_error'] or 'token inside the refresh buffer'}"
-        for name, c in clients.items()
-        if c["_degraded"]
-    ]
+    degraded = {name: c for name, c in clients.items() if c["_degraded"]}
+    if details:
+        reasons += [
+            f"client {name}: {c['last_error'] or 'token inside the refresh buffer'}"
+            for name, c in degraded.items()
+        ]
+    elif degraded:
+        reasons.append(f"{len(degraded)} client(s) failing to refresh or inside the buffer")
     requested = [c for c in clients.values() if c["requested"]]
     if requested and not any(c["_servable"] for c in requested):
         return "down", reasons
     return ("degraded" if reasons else "ok"), reasons
+
+
+def upstream_state(clients: dict[str, dict[str, Any]]) -> str:
+    """`ok`, `failing` (some client's last refresh failed) or `unknown` (nothing asked yet)."""
+    outcomes = [c["last_refresh_outcome"] for c in clients.values() if c["last_refresh_outcome"]]
+    if any(outcome != "ok" for outcome in outcomes):
+        return "failing"
+    return "ok" if outcomes else "unknown"
 
 
 async def budget_report(services: Services) -> dict[str, Any]:
@@ -85,30 +112,78 @@ async def budget_report(services: Services) -> dict[str, Any]:
     return report
 
 
+async def fleet_report(services: Services) -> dict[str, Any] | None:
+    """The instances heartbeating into the store, with their versions (None: store down)."""
+    try:
+        alive = await asyncio.wait_for(services.store.instances(), PING_TIMEOUT_SECONDS)
+    except (StoreUnavailable, TimeoutError):
+        return None
+    instances = [
+        {
+            "instance": info.instance,
+            "version": info.version,
+            "expires_in": round(info.expires_in, 1),
+            "self": info.instance == services.instance,
+        }
+        for info in alive
+    ]
+    return {"count": len(instances), "instances": instances}
+
+
+def recent_errors(services: Services) -> list[dict[str, Any]]:
+    """The last kinds of error this instance saw, newest first."""
+    return [
+        {
+            "source": error.source,
+            "client": error.client,
+            "category": error.category,
+            "message": error.message,
+            "at": int(error.last_at),
+            "count": error.count,
+        }
+        for error in services.metrics.errors.latest()
+    ]
+
+
 async def health_report(services: Services) -> dict[str, Any]:
     """The full /health document."""
+    details = services.settings.server.health_details
     now = services.clock.time()
-    store_ok = await store_answers(services)
+    store_ok, budget, fleet = await asyncio.gather(
+        store_answers(services), budget_report(services), fleet_report(services)
+    )
     clients = {name: client_report(services, name, now) for name in services.tokens.clients}
-    status, reasons = overall(store_ok, clients)
+    status, reasons = overall(store_ok, clients, details=details)
+    upstream = upstream_state(clients)
     for report in clients.values():
         del report["_degraded"], report["_servable"]
-    return {
+    document: dict[str, Any] = {
         "status": status,
         "reasons": reasons,
         "version": services.version,
         "instance": services.instance,
         "uptime_seconds": int(now - services.started_at),
         "store": {"kind": services.store.kind, "ok": store_ok},
+        "upstream": {"state": upstream},
         "clients": clients,
-        "budget": await budget_report(services),
+        "budget": budget,
+        "fleet": fleet,
+        "recent_errors": recent_errors(services),
+        "details": details,
+        "generated_at": int(now),
     }
+    if not details:
+        del document["clients"], document["recent_errors"]
+    return document
 
 
-@router.get("/health")
-async def health(services: ServicesDep) -> JSONResponse:
-    """The ops view: overall status, store, per-client token state, budget."""
-    return JSONResponse(await health_report(services), headers={"Cache-Control": "no-store"})
+@router.get("/health", response_model=None)
+async def health(request: Request, services: ServicesDep) -> Response:
+    """The ops view: status, store, upstream, per-client tokens, budget, fleet; JSON or HTML."""
+    report = await health_report(services)
+    if prefers_html(request.headers.get("accept")):
+        return HTMLResponse(render_dashboard(report), headers={**NO_STORE, **DASHBOARD_HEADERS})
+    return JSONResponse(report, headers=NO_STORE)
 
 
 @router.get("/health/live")

@@ -1,0 +1,183 @@
+"""Request logging and HTTP metrics as a pure ASGI middleware (no BaseHTTPMiddleware overhead).
+
+For every HTTP request it:
+* sets the request id (the caller's `X-Request-ID` when it looks sane, else a fresh one) in the
+  `request_id` context variable, so every log line of the request carries it, and echoes it in
+  the response's `X-Request-ID`;
+* logs one `http.request` line: method, route *template* (never the raw path, which may carry
+  a client name someone mistyped or worse), status, latency_ms, caller, client, outcome (`ok`
+  or the error code of the JSON error body). Probes of `/health*` and scrapes of `/metrics` log
+  at debug level, so they do not drown the interesting lines;
+* counts the request in the app's metrics, token requests also by client, caller and outcome.
+
+Caller and client come from `scope["state"]` (`request.state.caller` set by authentication,
+`request.state.client` if a route sets it), the `client` path or query parameter, or the
+caller's only client; anything not configured is not named.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.config import Settings
+from app.observability.logs import log_event, request_id
+from app.observability.metrics import BrokerMetrics
+
+log = logging.getLogger("app.http")
+
+REQUEST_ID_HEADER = b"x-request-id"
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+_ERROR_CODE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+_MAX_ERROR_BODY = 4096
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+TOKEN_ROUTES = frozenset(
+    {
+        "/token",
+        "/token/invalidate",
+        "/oauth2/{client}/token",
+        "/auth/realms/Paysera/protocol/openid-connect/token",
+    }
+)
+UNMATCHED = "unmatched"
+
+
+def is_ops_route(route: str) -> bool:
+    """`/health`, `/health/...` and `/metrics`: polled often, logged at debug level."""
+    return route in ("/health", "/metrics") or route.startswith("/health/")
+
+
+def incoming_request_id(scope: Scope) -> str:
+    """The caller's X-Request-ID if it is short and plain, else a fresh random id."""
+    for name, value in scope.get("headers", ()):
+        if name == REQUEST_ID_HEADER:
+            text: str = value.decode("latin-1")
+            if _SANE_REQUEST_ID.match(text):
+                return text
+            break
+    return secrets.token_hex(8)
+
+
+def error_code(body: bytes) -> str | None:
+    """The `error` field of a small JSON error body, if it looks like an error code."""
+    if len(body) > _MAX_ERROR_BODY:
+        return None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    code = data.get("error") if isinstance(data, dict) else None
+    if isinstance(code, str) and _ERROR_CODE.match(code):
+        return code
+    return None
+
+
+@dataclass
+class _Answer:
+    """What the app sent back, as far as the log line needs it."""
+
+    status: int = 0
+    json: bool = False
+    code: str | None = None
+
+
+class RequestLogMiddleware:
+    """One `http.request` log line and the HTTP metrics per request; sets the request id."""
+
+    def __init__(self, app: ASGIApp, settings: Settings, metrics: BrokerMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.clients = frozenset(settings.clients)
+        self.callers = frozenset(settings.callers)
+        callers = settings.callers.items()
+        self.only_client = {name: c.clients[0] for name, c in callers if len(c.clients) == 1}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve the request through the app, then log and count it."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = incoming_request_id(scope)
+        context = request_id.set(rid)
+        started = time.perf_counter()
+        answer = _Answer()
+
+        async def send_noting(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = self._started(message, answer, rid)
+            elif message["type"] == "http.response.body" and answer.json and answer.code is None:
+                answer.json = False  # only the first chunk of an error body is looked at
+                answer.code = error_code(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting)
+        except BaseException:
+            if answer.status == 0:
+                answer.status, answer.code = 500, "internal_error"
+            raise
+        finally:
+            self._finish(scope, answer, time.perf_counter() - started)
+            request_id.reset(context)
+
+    @staticmethod
+    def _started(message: Message, answer: _Answer, rid: str) -> Message:
+        answer.status = message["status"]
+        headers = list(message.get("headers", ()))
+        names = [name.lower() for name, _ in headers]
+        if answer.status >= 400:
+            for name, value in headers:
+                if name.lower() == b"content-type":
+                    answer.json = value.startswith(b"application/json")
+        if REQUEST_ID_HEADER not in names:  # a proxied upstream answer may carry its own
+            headers.append((REQUEST_ID_HEADER, rid.encode("latin-1")))
+        return {**message, "headers": headers}
+
+    def _finish(self, scope: Scope, answer: _Answer, seconds: float) -> None:
+        route_object = scope.get("route")
+        route = getattr(route_object, "path", None) or UNMATCHED
+        method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+        status = answer.status
+        self.metrics.http_request(route, method, status, seconds)
+        ops = is_ops_route(route)
+        if ops and not log.isEnabledFor(logging.DEBUG):
+            return  # the hot probe path: nothing more to work out
+        state: Mapping[str, Any] = scope.get("state") or {}
+        caller = state.get("caller")
+        caller = caller if caller in self.callers else None
+        client = self._client(scope, state, caller)
+        outcome = "ok" if 0 < status < 400 else (answer.code or f"http_{status}")
+        if route in TOKEN_ROUTES:
+            self.metrics.token_request(client, caller, outcome)
+        log_event(
+            log,
+            logging.DEBUG if ops else logging.INFO,
+            "http.request",
+            method=method,
+            path=route,
+            status=status,
+            latency_ms=round(seconds * 1000, 1),
+            caller=caller,
+            client=client,
+            outcome=outcome,
+        )
+
+    def _client(self, scope: Scope, state: Mapping[str, Any], caller: str | None) -> str | None:
+        """The configured client this request was about, if one can be told."""
+        client = state.get("client") or scope.get("path_params", {}).get("client")
+        query = scope.get("query_string", b"")
+        if client is None and b"client=" in query:
+            values = parse_qs(query.decode("latin-1")).get("client")
+            client = values[0] if values else None
+        if client is None and caller is not None:
+            client = self.only_client.get(caller)
+        return client if client in self.clients else None

@@ -1,0 +1,1 @@
+"""Tests of app/observability: metrics, request logs, secrets kept out of every output."""
