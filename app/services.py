@@ -8,8 +8,10 @@ from app.auth.callers import CallerAuthenticator
 from app.budget.service import BudgetService
 from app.clock import Clock
 from app.config import Settings
+from app.observability.metrics import BrokerMetrics
 from app.store.ports import Store
 from app.tokens.service import TokenService
+from app.upstream.proxy import UpstreamProxy
 
 
 @dataclass
@@ -20,8 +22,10 @@ class Services:
     store: Store
     tokens: TokenService
     budget: BudgetService
+    proxy: UpstreamProxy
     auth: CallerAuthenticator
     clock: Clock
     instance: str
     version: str
     started_at: float
+    metrics: BrokerMetrics

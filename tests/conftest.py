@@ -77,8 +77,17 @@ async def emulator() -> AsyncIterator[Emulator]:
             await emulator.http.aclose()
 
 
-def broker_config(emulator: Emulator, store: dict[str, Any], **overrides: Any) -> dict[str, Any]:
-    """A config with clients `checkout` and `payouts` on the emulator and two callers."""
+def broker_config(
+    emulator: Emulator,
+    store: dict[str, Any],
+    clients_patch: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """A config with clients `checkout` and `payouts` on the emulator and two callers.
+
+    `clients_patch` is merged into every client table; other keyword arguments are merged into
+    (or replace) the top-level section of that name.
+    """
     client = {
         "token_url": emulator.token_url,
         "api_base_url": emulator.base_url,
@@ -87,6 +96,7 @@ def broker_config(emulator: Emulator, store: dict[str, Any], **overrides: Any) -
         "refresh_buffer_seconds": 300,
         "min_forced_refresh_interval_seconds": 10,
         "timeout_seconds": 2,
+        **(clients_patch or {}),
     }
     config: dict[str, Any] = {
         "store": store,

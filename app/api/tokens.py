@@ -37,6 +37,7 @@ class InvalidateRequest(BaseModel):
 
 def token_response(request: Request, client: str, token: Token, now: float) -> Response:
     """The 200 answer for a token, with `Cache-Control: no-store`."""
+    request.state.client = client  # for the access log
     expires_in = max(0, int(token.expires_at - now))
     body = {
         "access_token": token.access_token,

@@ -65,13 +65,41 @@ def cooldown_from_report(status: int, headers: Mapping[str, str], default: float
     return default
 
 
+class BudgetEvents:
+    """Hook points for metrics: these defaults do nothing; `app.observability` counts them.
+
+    Implementations must be cheap and must not raise; the core imports no metrics library.
+    """
+
+    def granted(self, client: str, waited: float) -> None:
+        """A permit was granted after `waited` seconds (0 when one was free at once)."""
+
+    def denied(self, client: str) -> None:
+        """No permit came within the caller's wait (BudgetExhausted)."""
+
+    def cooldown(self, seconds: float) -> None:
+        """An upstream answer paused the fleet for `seconds`."""
+
+    def store_error(self) -> None:
+        """The budget store could not be reached."""
+
+
+NO_EVENTS = BudgetEvents()
+
+
 class BudgetService:
     """One budget for the whole fleet and all clients."""
 
     def __init__(
-        self, settings: BudgetSettings, store: BudgetStore, *, clock: Clock = SYSTEM_CLOCK
+        self,
+        settings: BudgetSettings,
+        store: BudgetStore,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        events: BudgetEvents = NO_EVENTS,
     ) -> None:
         self.settings = settings
+        self._events = events
         self.window = Window(
             settings.limit, settings.window_seconds + settings.safety_margin_seconds
         )
@@ -86,10 +114,12 @@ class BudgetService:
 
     async def acquire(self, client: str, wait: float) -> Grant:
         """A permit within `wait` seconds (capped at `max_wait_seconds`), else BudgetExhausted."""
-        deadline = self._clock.monotonic() + min(max(0.0, wait), self.settings.max_wait_seconds)
+        started = self._clock.monotonic()
+        deadline = started + min(max(0.0, wait), self.settings.max_wait_seconds)
         while True:
             store, window, reservation = await self._reserve(deadline)
             if not reservation.granted:
+                self._events.denied(client)
                 raise BudgetExhausted(
                     f"no upstream permit within the wait for client {client!r}",
                     client=client,
@@ -97,6 +127,7 @@ class BudgetService:
                     limit=window.limit,
                 )
             if reservation.delay <= 0 or await self._use_when_due(store, reservation):
+                self._events.granted(client, self._clock.monotonic() - started)
                 return Grant(window.limit, reservation.remaining, math.ceil(reservation.reset))
 
     async def _reserve(self, deadline: float) -> tuple[BudgetStore, Window, Reservation]:
@@ -109,6 +140,7 @@ class BudgetService:
                 await self._store.reserve(self.window, max_wait, permit_id),
             )
         except StoreUnavailable:
+            self._events.store_error()
             if self._local is None:
                 raise  # fail closed: the budget is a hard limit
             local = await self._local.reserve(self._local_window, max_wait, permit_id)
@@ -134,9 +166,14 @@ class BudgetService:
         seconds = cooldown_from_report(status, headers, self.settings.window_seconds)
         if seconds is None:
             return None
+        self._events.cooldown(seconds)
         if self._local is not None:
             await self._local.cool_down(seconds)
-        return await self._store.cool_down(seconds)
+        try:
+            return await self._store.cool_down(seconds)
+        except StoreUnavailable:
+            self._events.store_error()
+            raise
 
     async def usage(self) -> Usage:
         """The window's current use (StoreUnavailable when the store is down)."""

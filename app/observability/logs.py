@@ -24,21 +24,30 @@ _MAX_SECRETS = 256
 
 
 class Redactor:
-    """A bounded set of secret strings that must never reach a log line."""
+    """Strings that must never reach a log line: configured secrets, and recent tokens (bounded)."""
 
     def __init__(self) -> None:
-        self._secrets: deque[str] = deque(maxlen=_MAX_SECRETS)
+        self._secrets: set[str] = set()
+        self._tokens: deque[str] = deque(maxlen=_MAX_SECRETS)
         self._lock = threading.Lock()
 
-    def add(self, secret: str) -> None:
-        """Scrub `secret` from every later log line (short strings are ignored: too common)."""
-        if len(secret) >= 8 and secret not in self._secrets:
+    def add(self, token: str) -> None:
+        """Scrub `token` from later log lines until newer tokens push it out."""
+        if len(token) >= 8 and token not in self._tokens:
             with self._lock:
-                self._secrets.append(secret)
+                self._tokens.append(token)
+
+    def add_secret(self, secret: str) -> None:
+        """Scrub a configured secret from every later log line, for the life of the process."""
+        if len(secret) >= 8:
+            with self._lock:
+                self._secrets.add(secret)
 
     def scrub(self, text: str) -> str:
-        """`text` with every registered secret replaced."""
-        for secret in tuple(self._secrets):
+        """`text` with every registered secret and token replaced."""
+        with self._lock:
+            registered = (*self._secrets, *self._tokens)
+        for secret in registered:
             if secret in text:
                 text = text.replace(secret, _REDACTED)
         return text

@@ -6,7 +6,7 @@ import secrets
 from dataclasses import dataclass, field
 
 from app.store.memory_budget import MemoryBudget
-from app.store.ports import ChangeListener
+from app.store.ports import ChangeListener, InstanceInfo
 from app.tokens.model import (
     ChangeKind,
     DiscardOutcome,
@@ -37,6 +37,7 @@ class MemoryStore(MemoryBudget):
     kind: str = "memory"
     _clients: dict[str, _ClientState] = field(default_factory=dict)
     _listeners: list[ChangeListener] = field(default_factory=list)
+    _instances: dict[str, tuple[str, float]] = field(default_factory=dict)  # version, until
 
     def _state(self, client: str) -> _ClientState:
         return self._clients.setdefault(client, _ClientState())
@@ -113,3 +114,18 @@ class MemoryStore(MemoryBudget):
         if lease.owner is not None and state.lock_owner == lease.owner:
             state.lock_owner = None
             self._announce(TokenChange(lease.client, ChangeKind.RELEASED, "-"))
+
+    # -- fleet view ---------------------------------------------------------------------------
+
+    async def heartbeat(self, instance: str, version: str, ttl: float) -> None:
+        """Record `instance` as alive for `ttl` seconds."""
+        self._instances[instance] = (version, self.clock.monotonic() + ttl)
+
+    async def instances(self) -> list[InstanceInfo]:
+        """Instances whose heartbeat has not lapsed (in one process: this one)."""
+        now = self.clock.monotonic()
+        self._instances = {k: v for k, v in self._instances.items() if v[1] > now}
+        return [
+            InstanceInfo(name, version, until - now)
+            for name, (version, until) in sorted(self._instances.items())
+        ]

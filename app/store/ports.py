@@ -7,6 +7,7 @@ Adapters (`memory.py`, `redis.py`) implement them and translate their own failur
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from app.budget.model import Reservation, Usage, Window
@@ -93,7 +94,28 @@ class BudgetStore(Protocol):
         ...
 
 
-class Store(TokenStore, RefreshLock, ChangeFeed, BudgetStore, Protocol):
+@dataclass(frozen=True, slots=True)
+class InstanceInfo:
+    """One broker instance that heartbeats into the store."""
+
+    instance: str
+    version: str
+    expires_in: float  # seconds until it counts as gone unless it heartbeats again
+
+
+class InstanceRegistry(Protocol):
+    """The fleet view for /health: which instances are alive, with their versions."""
+
+    async def heartbeat(self, instance: str, version: str, ttl: float) -> None:
+        """Record that `instance` (running `version`) is alive for the next `ttl` seconds."""
+        ...
+
+    async def instances(self) -> list[InstanceInfo]:
+        """The instances whose last heartbeat has not yet lapsed, sorted by name."""
+        ...
+
+
+class Store(TokenStore, RefreshLock, ChangeFeed, BudgetStore, InstanceRegistry, Protocol):
     """Everything one backend provides, plus its lifecycle."""
 
     kind: str

@@ -10,6 +10,7 @@ client carries the hash tag `{client}` so a script's keys share one Redis Cluste
     P:v1:changes           pub/sub channel, messages "client kind digest"
     P:v1:{budget}:grants   zset   permit id -> slot (ms of Redis time); the fleet's sliding window
     P:v1:{budget}:cooldown string present until the upstream's reported reset has passed
+    P:v1:instances         zset   "INSTANCE VERSION" -> Redis ms at which its heartbeat lapses
 
 Every redis-py exception is translated into `StoreUnavailable` here.
 """
@@ -35,7 +36,7 @@ from app.clock import SYSTEM_CLOCK, Clock
 from app.config import StoreSettings
 from app.errors import StoreUnavailable
 from app.observability.logs import log_event
-from app.store.ports import ChangeListener
+from app.store.ports import ChangeListener, InstanceInfo
 from app.tokens.model import (
     ChangeKind,
     DiscardOutcome,
@@ -62,6 +63,8 @@ _SCRIPTS = (
     "budget_confirm",
     "budget_cooldown",
     "budget_usage",
+    "heartbeat",
+    "instances",
 )
 _RESUBSCRIBE_MAX_SECONDS = 5.0
 SUBSCRIBE_WAIT_SECONDS = 2.0
@@ -79,6 +82,7 @@ class KeySchema:
     def __init__(self, prefix: str) -> None:
         self.base = f"{prefix}:{SCHEMA_VERSION}"
         self.changes = f"{self.base}:changes"
+        self.instances = f"{self.base}:instances"
 
     def client(self, client: str, kind: str) -> str:
         """`P:v1:{client}:kind`."""
@@ -274,6 +278,21 @@ class RedisStore:
         """Grants in the window and the cooldown left, on Redis time."""
         raw = await self._run("budget_usage", self.keys.budget, [_ms(window.seconds)])
         return Usage(int(raw[0]), int(raw[1]) / 1000)
+
+    # -- fleet view ---------------------------------------------------------------------------
+
+    async def heartbeat(self, instance: str, version: str, ttl: float) -> None:
+        """ZADD this instance with its lapse time (Redis clock); prune lapsed ones."""
+        await self._run("heartbeat", [self.keys.instances], [f"{instance} {version}", _ms(ttl)])
+
+    async def instances(self) -> list[InstanceInfo]:
+        """Instances alive on Redis time."""
+        raw = await self._run("instances", [self.keys.instances], [])
+        alive = []
+        for member, left_ms in zip(raw[::2], raw[1::2], strict=True):
+            instance, _, version = str(member).partition(" ")
+            alive.append(InstanceInfo(instance, version, int(left_ms) / 1000))
+        return sorted(alive, key=lambda info: info.instance)
 
     # -- change feed --------------------------------------------------------------------------
 

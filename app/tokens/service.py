@@ -70,6 +70,43 @@ PermitTaker = Callable[[str], Awaitable[None]]
 """Takes one upstream budget permit for a client before a token request (or raises)."""
 
 
+class TokenEvents:
+    """Hook points for metrics: these defaults do nothing; `app.observability` counts them.
+
+    Called on the hot path and inside the refresh logic, so an implementation must be cheap and
+    must not raise. The core stays free of any metrics library.
+    """
+
+    def cache_hit(self, client: str, level: str) -> None:
+        """A token came from this instance's L1 (`"l1"`) or from the shared store (`"l2"`)."""
+
+    def lock_wait(self, client: str) -> None:
+        """Another holder of the refresh lock was refreshing, so this instance waited."""
+
+    def upstream_request(
+        self, client: str, outcome: str, seconds: float, detail: str | None
+    ) -> None:
+        """One upstream token request ended (`ok`, `rejected`, `unavailable`, `error`).
+
+        `detail` is the error's message (our own text: never a token or secret) when it failed.
+        """
+
+    def store_error(self) -> None:
+        """A store operation failed; the service carries on from its own memory."""
+
+
+NO_EVENTS = TokenEvents()
+
+
+def outcome_of(exc: UpstreamError) -> str:
+    """The low-cardinality category of an upstream failure, for /health and metrics."""
+    if isinstance(exc, UpstreamCredentialsRejected):
+        return "rejected"
+    if isinstance(exc, UpstreamUnavailable):
+        return "unavailable"
+    return "error"
+
+
 @dataclass(frozen=True)
 class ClientPolicy:
     """How the service treats one upstream client."""
@@ -100,6 +137,8 @@ class ClientStatus:
     last_refresh_at: float | None = None
     last_error: str | None = None
     last_error_at: float | None = None
+    last_error_category: str | None = None  # see outcome_of()
+    last_refresh_outcome: str | None = None  # "ok" or the category of the last failure
     upstream_failures: int = 0
     hold_until: float = 0.0  # monotonic
     tombstones: deque[str] = field(default_factory=lambda: deque(maxlen=_TOMBSTONES_PER_CLIENT))
@@ -118,6 +157,7 @@ class TokenService:
         clock: Clock = SYSTEM_CLOCK,
         l1_max_age: float = 0.5,
         take_permit: PermitTaker | None = None,
+        events: TokenEvents = NO_EVENTS,
     ) -> None:
         self._policies = dict(policies)
         self._store, self._lock, self._fetcher = store, lock, fetcher
@@ -127,6 +167,7 @@ class TokenService:
         self._clock = clock
         self._l1_max_age = l1_max_age
         self._take_permit = take_permit
+        self._events = events
         self._l1: dict[str, _L1Entry] = {}
         self._status = {name: ClientStatus() for name in self._policies}
         self._inflight: dict[str, asyncio.Future[Token]] = {}
@@ -162,6 +203,7 @@ class TokenService:
         if entry is not None and entry.serve_until > self._clock.time():
             if self._clock.monotonic() - entry.checked_at > self._l1_max_age:
                 self._revalidate_soon(client)
+            self._events.cache_hit(client, "l1")
             return entry.token
         return await self._single_flight(client)
 
@@ -244,6 +286,7 @@ class TokenService:
             token = self._usable(client, record.token)
             if self._fresh(client, token, ahead):
                 assert token is not None
+                self._events.cache_hit(client, "l2")
                 return self._remember(client, token)
             if record.hold is not None:
                 return self._held(client, token, record.hold)
@@ -255,6 +298,7 @@ class TokenService:
                     await self._release(lock, lease)
             # Another instance is refreshing: wait for its broadcast, or for its lease to lapse.
             # The cap re-reads the store now and then in case the broadcast was lost.
+            self._events.lock_wait(client)
             await self._wait(changed, min(lease.wait + 0.05, MAX_WAIT_FOR_BROADCAST_SECONDS))
 
     async def _refresh_holding_lock(self, store: TokenStore, client: str, ahead: float) -> Token:
@@ -262,6 +306,7 @@ class TokenService:
         token = self._usable(client, record.token)
         if self._fresh(client, token, ahead):
             assert token is not None
+            self._events.cache_hit(client, "l2")
             return self._remember(client, token)
         if record.hold is not None:
             return self._held(client, token, record.hold)
@@ -285,11 +330,19 @@ class TokenService:
     async def _fetch(self, client: str) -> Token:
         if self._take_permit is not None:
             await self._take_permit(client)
-        token = await self._fetcher.fetch(client)
+        started = self._clock.monotonic()
+        try:
+            token = await self._fetcher.fetch(client)
+        except UpstreamError as exc:
+            elapsed = self._clock.monotonic() - started
+            self._events.upstream_request(client, outcome_of(exc), elapsed, str(exc))
+            raise
+        self._events.upstream_request(client, "ok", self._clock.monotonic() - started, None)
         status = self._status[client]
         status.upstream_failures = 0
         status.last_error = None
         status.last_refresh_at = token.obtained_at
+        status.last_refresh_outcome = "ok"
         return token
 
     # -- outcomes -----------------------------------------------------------------------------
@@ -297,6 +350,7 @@ class TokenService:
     def _hold_for(self, client: str, exc: UpstreamError) -> Hold:
         status = self._status[client]
         status.last_error, status.last_error_at = str(exc), self._clock.time()
+        status.last_error_category = status.last_refresh_outcome = outcome_of(exc)
         if isinstance(exc, UpstreamCredentialsRejected):
             return Hold(HoldReason.REJECTED, self._policies[client].min_forced_interval)
         status.upstream_failures += 1
@@ -443,6 +497,7 @@ class TokenService:
     def _note_store(self, *, ok: bool) -> None:
         if not ok:
             self._store_retry_at = self._clock.monotonic() + STORE_RETRY_SECONDS
+            self._events.store_error()
         if ok != self.store_ok:
             log_event(log, logging.INFO if ok else logging.WARNING, "store.state", ok=ok)
         self.store_ok = ok

@@ -22,7 +22,7 @@ from pydantic import SecretStr
 from app.clock import SYSTEM_CLOCK, Clock
 from app.config import ClientSettings
 from app.errors import UpstreamCredentialsRejected, UpstreamUnavailable
-from app.observability.logs import log_event
+from app.observability.logs import REDACTOR, log_event
 from app.tokens.model import Token
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ class UpstreamTokenClient:
         self._secrets: dict[str, SecretStr] = {
             name: spec.secret() for name, spec in clients.items()
         }
+        for secret in self._secrets.values():
+            REDACTOR.add_secret(secret.get_secret_value())
         self._clock = clock
 
     async def fetch(self, client: str) -> Token:
