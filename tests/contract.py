@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.conftest import API_KEYS, EMULATOR_SECRET
+from tests.conftest import API_KEYS, EMULATOR_ID, EMULATOR_SECRET, Emulator
 
 TOKEN_FIELDS = {"access_token", "token_type", "expires_in", "expires_at"}
 NEVER_IN_RESPONSES = (EMULATOR_SECRET, *API_KEYS.values())
@@ -64,3 +65,24 @@ def retry_after(response: httpx.Response) -> int:
     assert value.isdigit(), value
     assert int(value) >= 1
     return int(value)
+
+
+WRONG_SECRET = "refunds-wrong-secret-value-5521"  # the refunds client's (rejected) secret
+FILE_SECRET = "basic-auth-secret-from-file-8830"
+
+
+def secret_laden_clients(emulator: Emulator, tmp_path: Path) -> dict[str, Any]:
+    """Extra clients: `refunds` with a wrong secret, `basic` with HTTP Basic and a secret file."""
+    secret_file = tmp_path / "basic-secret"
+    secret_file.write_text(FILE_SECRET + "\n", encoding="utf-8")
+    common = {"token_url": emulator.token_url, "api_base_url": emulator.base_url}
+    return {
+        "refunds": {**common, "client_id": EMULATOR_ID, "client_secret": WRONG_SECRET},
+        "basic": {
+            **common,
+            "client_id": "basic-id",
+            "client_secret_file": str(secret_file),
+            "client_auth": "basic",
+            "min_forced_refresh_interval_seconds": 60,
+        },
+    }

@@ -16,10 +16,16 @@ from app.auth.callers import hash_api_key
 from app.observability.logs import Redactor, configure_logging
 from app.tokens.model import fingerprint
 from tests.conftest import API_KEYS, EMULATOR_ID, EMULATOR_SECRET, BrokerFactory, Emulator
-from tests.contract import assert_error, assert_token, billing, orders
+from tests.contract import (
+    FILE_SECRET,
+    WRONG_SECRET,
+    assert_error,
+    assert_token,
+    billing,
+    orders,
+    secret_laden_clients,
+)
 
-WRONG_SECRET = "refunds-wrong-secret-value-5521"  # the refunds client's (rejected) secret
-FILE_SECRET = "basic-auth-secret-from-file-8830"
 UNKNOWN_KEY = "tbk_presented_but_unknown_key_00000000000"
 LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "httpx", "httpcore")
 
@@ -44,23 +50,6 @@ def restore_logging() -> Iterator[None]:
             logger.handlers[:] = handlers
             logger.setLevel(level)
             logger.propagate = saved_propagate[name]
-
-
-def refunds_client(emulator: Emulator, tmp_path: Path) -> dict[str, Any]:
-    """Extra clients: `refunds` with a wrong secret, `basic` with HTTP Basic and a secret file."""
-    secret_file = tmp_path / "basic-secret"
-    secret_file.write_text(FILE_SECRET + "\n", encoding="utf-8")
-    common = {"token_url": emulator.token_url, "api_base_url": emulator.base_url}
-    return {
-        "refunds": {**common, "client_id": EMULATOR_ID, "client_secret": WRONG_SECRET},
-        "basic": {
-            **common,
-            "client_id": "basic-id",
-            "client_secret_file": str(secret_file),
-            "client_auth": "basic",
-            "min_forced_refresh_interval_seconds": 60,
-        },
-    }
 
 
 async def run_everything(
@@ -123,7 +112,7 @@ async def test_debug_logs_never_contain_secrets_keys_or_tokens(
     }
     async with broker(
         clients_patch={"min_forced_refresh_interval_seconds": 0},
-        clients=refunds_client(emulator, tmp_path),
+        clients=secret_laden_clients(emulator, tmp_path),
         callers=callers,
     ) as http:
         tokens, responses = await run_everything(http, emulator)

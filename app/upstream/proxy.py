@@ -37,39 +37,22 @@ CHUNK_BYTES = 64 * 1024
 
 # Never forwarded upstream: the caller's own credentials, hop-by-hop headers (RFC 9110 §7.6.1)
 # and what our infrastructure adds about the caller.
-_DROP_REQUEST = frozenset(
-    {
-        "host",
-        "x-api-key",
-        "authorization",
-        "cookie",
-        "proxy-authorization",
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-        "forwarded",
-        "via",
-        "x-real-ip",
-        "x-forwarded-client-cert",
-    }
+_HOP_BY_HOP = frozenset(
+    "connection keep-alive proxy-connection te trailer transfer-encoding upgrade".split()
 )
-_DROP_RESPONSE = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "set-cookie",
-    }
-)
+_DROP_REQUEST = _HOP_BY_HOP | {
+    "host",
+    "x-api-key",
+    "authorization",
+    "cookie",
+    "proxy-authorization",
+    "content-length",
+    "forwarded",
+    "via",
+    "x-real-ip",
+    "x-forwarded-client-cert",
+}
+_DROP_RESPONSE = _HOP_BY_HOP | {"set-cookie"}
 _SCHEME_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
 

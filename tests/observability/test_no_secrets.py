@@ -11,31 +11,20 @@ import httpx
 from app.auth.callers import hash_api_key
 from app.tokens.model import fingerprint
 from tests.conftest import API_KEYS, EMULATOR_ID, EMULATOR_SECRET, BrokerFactory, Emulator
-from tests.contract import assert_error, assert_token, billing, orders
+from tests.contract import (
+    FILE_SECRET,
+    WRONG_SECRET,
+    assert_error,
+    assert_token,
+    billing,
+    orders,
+    secret_laden_clients,
+)
 from tests.observability.conftest import LogCapture
 from tests.observability.prom import parse
 
-WRONG_SECRET = "refunds-wrong-secret-value-9127"  # test-only values, all of them
-FILE_SECRET = "basic-auth-secret-from-file-3364"
 UNKNOWN_KEY = "tbk_presented_but_unknown_key_11111111111"
 METHODS = "/proxy/checkout/checkout-project/integration/v1/methods"
-
-
-def extra_clients(emulator: Emulator, tmp_path: Path) -> dict[str, Any]:
-    """`refunds` with a rejected secret, `basic` with HTTP Basic and a secret file."""
-    secret_file = tmp_path / "basic-secret"
-    secret_file.write_text(FILE_SECRET + "\n", encoding="utf-8")
-    common = {"token_url": emulator.token_url, "api_base_url": emulator.base_url}
-    return {
-        "refunds": {**common, "client_id": EMULATOR_ID, "client_secret": WRONG_SECRET},
-        "basic": {
-            **common,
-            "client_id": "basic-id",
-            "client_secret_file": str(secret_file),
-            "client_auth": "basic",
-            "min_forced_refresh_interval_seconds": 60,
-        },
-    }
 
 
 class Run:
@@ -110,7 +99,7 @@ async def test_no_secret_in_logs_health_dashboard_or_metrics(
     }
     async with broker(
         clients_patch={"min_forced_refresh_interval_seconds": 0},
-        clients=extra_clients(emulator, tmp_path),
+        clients=secret_laden_clients(emulator, tmp_path),
         callers=callers,
         budget={"limit": 4},
     ) as http:

@@ -16,30 +16,10 @@ from typing import Any
 import httpx
 
 from tests.support.servers import free_port
+from tests.tomlfile import dump_toml as to_toml
+from tests.tomlfile import write_toml
 
-
-def toml_value(value: Any) -> str:
-    """A TOML literal for the small set of types our configs use."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    raise TypeError(type(value))
-
-
-def to_toml(config: dict[str, Any], prefix: str = "") -> str:
-    """Render a nested dict of tables as TOML."""
-    scalars = {k: v for k, v in config.items() if not isinstance(v, dict)}
-    tables = {k: v for k, v in config.items() if isinstance(v, dict)}
-    lines = [f"[{prefix}]"] if prefix and scalars else []
-    lines += [f"{key} = {toml_value(value)}" for key, value in scalars.items()]
-    for key, table in tables.items():
-        lines.append(to_toml(table, f"{prefix}.{key}" if prefix else key))
-    return "\n".join(lines) + "\n"
+__all__ = ["BrokerProcess", "fleet", "spawn_broker", "to_toml"]
 
 
 @dataclass
@@ -79,7 +59,7 @@ def spawn_broker(config: dict[str, Any], directory: Path, name: str) -> BrokerPr
     """Start `token-broker serve` with `config` written as TOML; does not wait for it."""
     port = free_port()
     config_path = directory / f"{name}.toml"
-    config_path.write_text(to_toml(config))
+    write_toml(config_path, config)
     log_path = directory / f"{name}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOKEN_BROKER_")}
     with log_path.open("wb") as log:
