@@ -159,3 +159,13 @@ def test_redactor_keeps_configured_secrets_however_many_tokens_follow() -> None:
         redactor.add(f"access-token-{n:06d}")
     line = redactor.scrub("a=client-secret-value-0001 b=access-token-000999 c=access-token-000000")
     assert line == "a=[redacted] b=[redacted] c=access-token-000000"
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_upstream_urls_from_httpx_are_logged_only_at_debug() -> None:
+    """At info, httpx's per-request lines (proxied paths and queries) are not logged."""
+    configure_logging("info", as_json=True)
+    at_info = logging.getLogger("httpx").isEnabledFor(logging.INFO)
+    configure_logging("debug", as_json=True)
+    at_debug = logging.getLogger("httpx").isEnabledFor(logging.INFO)
+    assert (at_info, at_debug) == (False, True)

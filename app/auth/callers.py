@@ -85,7 +85,8 @@ class CallerAuthenticator:
             by_key = self.by_api_key(api_key)
             if by_key is None:
                 raise Unauthorized("unknown API key")
-        if identities is not None:
+        identities = list(identities or ())
+        if identities:  # a certificate that carries no identity cannot name anyone: ignored
             by_cert = self.by_identities(identities)
             if by_cert is None:
                 raise Unauthorized("the client certificate matches no caller")

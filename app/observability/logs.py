@@ -107,3 +107,8 @@ def configure_logging(level: str, *, as_json: bool | None = None) -> None:
         logging.getLogger(name).propagate = True
     # uvicorn's access log duplicates our own request log line, which has the caller and outcome.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # httpx logs every upstream URL (proxied paths and query strings) at info: only at debug,
+    # where an operator asked for the details (the redactor still scrubs every line).
+    quiet = logging.NOTSET if root.level <= logging.DEBUG else logging.WARNING
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(quiet)

@@ -52,7 +52,7 @@ _DROP_REQUEST = _HOP_BY_HOP | {
     "x-real-ip",
     "x-forwarded-client-cert",
 }
-_DROP_RESPONSE = _HOP_BY_HOP | {"set-cookie"}
+_DROP_RESPONSE = _HOP_BY_HOP | {"set-cookie", "date"}  # uvicorn sends its own Date
 _SCHEME_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
 

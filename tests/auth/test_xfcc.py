@@ -227,6 +227,21 @@ async def test_malformed_xfcc_from_a_trusted_proxy_is_no_credentials(emulator: E
     assert_token(with_key)
 
 
+async def test_xfcc_without_identity_fields_leaves_the_key_to_decide(emulator: Emulator) -> None:
+    """An element with only By/Hash (no identity forwarded) names nobody: the key decides."""
+    bare = xfcc()
+    async with mesh_broker(emulator, [f"{PROXY_ADDRESS}/32"]) as (proxy, _direct):
+        alone = await proxy.get("/token", headers=bare)
+        with_key = await proxy.get("/token", headers={**bare, "X-API-Key": API_KEYS["orders"]})
+        unknown = await proxy.get(
+            "/token",
+            headers={**xfcc(URI="spiffe://corp/ns/x/sa/nobody"), "X-API-Key": API_KEYS["orders"]},
+        )
+    assert_error(alone, 401, "unauthorized")
+    assert_token(with_key)
+    assert_error(unknown, 401, "unauthorized")  # an identity that matches no caller is invalid
+
+
 async def test_xfcc_uses_the_nearest_proxys_element(emulator: Emulator) -> None:
     """An element a client smuggled in earlier, or an earlier header line, is not the identity."""
     smuggled = f'By=x;URI={SHOP_URI},By=spiffe://sidecar;Subject="CN=orders"'

@@ -38,6 +38,7 @@ async def test_proxied_call_returns_the_upstream_answer(
     assert response.status_code == 200
     assert "methods" in response.json()
     assert response.headers["x-ratelimit-limit"] == "50"
+    assert len(response.headers.get_list("date")) == 1  # uvicorn's, not doubled by the upstream's
     assert direct.status_code == 401  # the emulator really checks the bearer
     assert (await emulator.stats())["api_requests"] == 2
 
