@@ -210,14 +210,15 @@ def test_default_pods_spread_across_nodes_and_zones(default: Rendered) -> None:
 
 
 def test_default_probes_hit_live_and_ready_on_the_main_port(default: Rendered) -> None:
-    """Startup and liveness probe /health/live, readiness /health/ready, on the plain-HTTP port."""
+    """Startup waits for /health/ready; liveness and readiness probe /health/live (a Redis
+    outage must not take every pod out of the Service); all on the plain-HTTP port."""
     container = default.container
     probes = {
         kind: container[f"{kind}Probe"]["httpGet"] for kind in ("startup", "liveness", "readiness")
     }
-    assert probes["startup"]["path"] == "/health/live"
+    assert probes["startup"]["path"] == "/health/ready"
     assert probes["liveness"]["path"] == "/health/live"
-    assert probes["readiness"]["path"] == "/health/ready"
+    assert probes["readiness"]["path"] == "/health/live"
     for probe in probes.values():
         assert probe["port"] == "http"
         assert probe.get("scheme", "HTTP") == "HTTP"
@@ -227,6 +228,14 @@ def test_default_probes_hit_live_and_ready_on_the_main_port(default: Rendered) -
     for kind in ("liveness", "readiness"):
         probe = container[f"{kind}Probe"]
         assert probe["timeoutSeconds"] < probe["periodSeconds"]
+
+
+def test_probe_paths_are_values_limited_to_the_health_endpoints(render: Render) -> None:
+    """A chart user may probe readiness on /health/ready; any other path is refused."""
+    strict = render(**{"probes.paths.readiness": "/health/ready"})
+    assert strict.container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
+    with pytest.raises(RenderError, match="readiness"):
+        render(**{"probes.paths.readiness": "/metrics"})
 
 
 def test_default_security_context_is_locked_down(default: Rendered) -> None:
@@ -247,9 +256,11 @@ def test_default_security_context_is_locked_down(default: Rendered) -> None:
     assert default.pod["automountServiceAccountToken"] is False
     assert default.one("ServiceAccount")["automountServiceAccountToken"] is False
     assert default.pod["serviceAccountName"] == default.one("ServiceAccount")["metadata"]["name"]
-    # The only writable path is a small in-memory /tmp.
+    # The only writable path is /tmp, on node disk (proxy spools must not eat the memory limit)
+    # and large enough for the proxy's default body limit (64 MiB).
     assert default.mount("tmp")["mountPath"] == "/tmp"
-    assert default.volume("tmp")["emptyDir"]["sizeLimit"]
+    assert "medium" not in default.volume("tmp")["emptyDir"]
+    assert default.volume("tmp")["emptyDir"]["sizeLimit"] == "256Mi"
     for name in ("config", "credentials"):
         assert default.mount(name)["readOnly"] is True
 

@@ -31,6 +31,9 @@ cluster = {{ .Values.redis.cluster }}
 
 [budget]
 {{- include "tokenBroker.tomlTable" .Values.config.budget }}
+
+[proxy]
+{{- include "tokenBroker.tomlTable" .Values.config.proxy }}
 {{- range $name, $client := .Values.clients }}
 
 [clients.{{ $name }}]
