@@ -7,8 +7,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from app.auth.callers import hash_api_key, new_api_key
-from app.config import CONFIG_ENV_VAR, Settings, load_settings
+from app.config import CONFIG_ENV_VAR, ServerSettings, Settings, load_settings
 from app.errors import ConfigError
 
 
@@ -19,8 +21,13 @@ def _config_path(args: argparse.Namespace) -> Path | None:
 def _load(args: argparse.Namespace) -> Settings:
     settings = load_settings(_config_path(args))
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    if overrides:
-        server = settings.server.model_copy(update=overrides)
+    if overrides:  # validated like the file's values (port range, ops_port != port)
+        try:
+            server = ServerSettings.model_validate(settings.server.model_dump() | overrides)
+        except ValidationError as exc:
+            raise ConfigError(
+                [(f"server.{'.'.join(map(str, e['loc']))}", e["msg"]) for e in exc.errors()]
+            ) from None
         settings = settings.model_copy(update={"server": server})
     return settings
 

@@ -85,8 +85,9 @@ class RetryableError(BrokerError):
 
     @property
     def retry_after_header(self) -> str:
-        """`retry_after` as whole seconds for a Retry-After header (at least 1)."""
-        return str(max(1, math.ceil(self.retry_after)))
+        """`retry_after` as whole seconds for a Retry-After header (1 s to a day)."""
+        seconds = self.retry_after if math.isfinite(self.retry_after) else 1.0
+        return str(min(86400, max(1, math.ceil(seconds))))
 
 
 class RequestTooLarge(RequestError):

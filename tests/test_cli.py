@@ -174,6 +174,16 @@ def test_serve_refuses_a_bad_config(
     assert SECRET not in captured.out + captured.err
 
 
+@pytest.mark.parametrize("port", ["0", "70000"])
+def test_serve_validates_the_port_flag(
+    port: str, cli_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`serve --port` is checked like server.port in the file: exit 1 naming the key."""
+    path = write_toml(tmp_path / "good.toml", good_config())
+    assert main(["serve", "--config", str(path), "--port", port]) == 1
+    assert re.search(r"^\s*server\.port: ", capsys.readouterr().err, re.MULTILINE)
+
+
 def test_new_api_key_prints_a_key_and_its_hash_line(
     runs: dict[str, subprocess.CompletedProcess[str]],
 ) -> None:

@@ -81,8 +81,8 @@ class MemoryStore(MemoryBudget):
     async def discard(self, client: str, access_token: str, min_interval: float) -> DiscardResult:
         """Compare-and-delete with the forced-refresh floor."""
         state = self._state(client)
-        if state.token is None or not secrets.compare_digest(
-            state.token.access_token, access_token
+        if state.token is None or not secrets.compare_digest(  # bytes: any text compares
+            state.token.access_token.encode(), access_token.encode()
         ):
             return DiscardResult(DiscardOutcome.NOT_CURRENT)
         now = self.clock.monotonic()

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 MAX_PLAUSIBLE_LIFETIME = 7 * 24 * 3600.0
 """An `expires_in` above this is treated as garbage rather than trusted (the upstream says 3600)."""
 
+MAX_RETRY_AFTER = 300.0
+"""A longer (or infinite) Retry-After would hold the fleet off the upstream for that long."""
+
 _ERROR_CODE = re.compile(r"^[a-z_]{1,40}$")
 
 
@@ -94,7 +97,9 @@ class UpstreamTokenClient:
     ) -> Token:
         status = response.status_code
         if status == 429 or status >= 500:
-            raise self._unavailable(client, started, f"http_{status}", _retry_after(response))
+            raise self._unavailable(
+                client, started, f"http_{status}", retry_after_seconds(response)
+            )
         if status >= 400:
             code = _error_code(response)
             log_event(
@@ -162,11 +167,13 @@ def _error_code(response: httpx.Response) -> str:
     return code if isinstance(code, str) and _ERROR_CODE.match(code) else "unknown"
 
 
-def _retry_after(response: httpx.Response) -> float:
+def retry_after_seconds(response: httpx.Response) -> float:
+    """The upstream's Retry-After in seconds, within 1 s..MAX_RETRY_AFTER (1 s if unusable)."""
     try:
-        return max(1.0, float(response.headers.get("Retry-After", "1")))
+        seconds = float(response.headers.get("Retry-After", "1"))
     except ValueError:
         return 1.0
+    return min(max(1.0, seconds), MAX_RETRY_AFTER) if math.isfinite(seconds) else 1.0
 
 
 def _ms(started: float) -> float:

@@ -11,6 +11,7 @@ can resend them without holding a large body in memory; responses stream straigh
 
 from __future__ import annotations
 
+import logging
 import re
 import tempfile
 from collections.abc import AsyncIterator, Iterable
@@ -25,12 +26,16 @@ from app.errors import (
     InvalidRequest,
     RefreshThrottled,
     RequestTooLarge,
+    StoreUnavailable,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from app.observability.logs import log_event
 from app.observability.metrics import PROXY_CALLS, status_class
 from app.tokens.model import Token
 from app.tokens.service import TokenService
+
+log = logging.getLogger(__name__)
 
 SPOOL_IN_MEMORY_BYTES = 1024 * 1024
 CHUNK_BYTES = 64 * 1024
@@ -176,6 +181,9 @@ class UpstreamProxy:
             fresh = await self._tokens.invalidate(client, token.access_token)
         except RefreshThrottled:
             return response  # refreshed moments ago already: the 401 is the upstream's answer
+        except BaseException:
+            await response.aclose()  # no new token (e.g. upstream down): the error says why
+            raise
         if fresh.access_token == token.access_token:
             return response
         await response.aclose()
@@ -207,5 +215,13 @@ class UpstreamProxy:
                 f"the upstream API could not be reached ({client})", client=client
             ) from exc
         PROXY_CALLS.labels(client, status_class(response.status_code)).inc()
-        await self._budget.report(response.status_code, response.headers)
+        try:
+            await self._budget.report(response.status_code, response.headers)
+        except StoreUnavailable as exc:
+            # The call was made and answered: the caller gets the answer; the fleet misses one
+            # report (a 429 also shows in the upstream's headers the caller receives).
+            log_event(log, logging.WARNING, "proxy.report_failed", client=client, problem=str(exc))
+        except BaseException:
+            await response.aclose()
+            raise
         return response

@@ -65,6 +65,20 @@ async def test_invalidate_returns_a_fresh_token(broker: BrokerFactory) -> None:
     assert current["access_token"] == third["access_token"]
 
 
+async def test_invalidating_a_token_that_is_not_current_returns_the_current_one(
+    broker: BrokerFactory, emulator: Emulator
+) -> None:
+    """An unknown token (non-ASCII too) discards nothing and fetches nothing: 200, same token."""
+    async with broker() as http:
+        current = assert_token(await http.get("/token", headers=orders()))["access_token"]
+        answers = [
+            await http.post("/token/invalidate", json={"access_token": t}, headers=orders())
+            for t in ("not-the-current-token", "jeton-périmé-☃")
+        ]
+    assert [assert_token(a)["access_token"] for a in answers] == [current, current]
+    assert (await emulator.stats())["token_requests"] == 1
+
+
 # -- 401 -----------------------------------------------------------------------------------------
 
 BAD_CREDENTIALS = {

@@ -17,6 +17,7 @@ import pytest
 from app.errors import InvalidRequest
 from app.upstream.proxy import checked_path, forwarded_request_headers
 from tests.conftest import API_KEYS, BrokerFactory, Emulator, broker_config
+from tests.contract import assert_error, assert_token
 from tests.support.fleet import fleet
 from tests.support.servers import bound_socket, free_port, serve_app
 
@@ -208,6 +209,24 @@ async def test_second_401_is_returned_as_is(
     assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"'
     assert len(seen) == 2 and seen[0] != seen[1]  # retried once, with a new token
     assert (await emulator.stats())["token_requests"] == 2
+
+
+async def test_401_with_the_token_endpoint_down_is_503_and_the_broker_recovers(
+    broker: BrokerFactory, emulator: Emulator, rejecting_api: tuple[str, list[str]]
+) -> None:
+    """A 401 whose refresh fails answers 503 + Retry-After (the 401 is closed, not leaked), and
+    later calls work once the token endpoint is back."""
+    base, seen = rejecting_api
+    async with broker(clients_patch={"api_base_url": base}) as http:
+        assert_token(await http.get("/token", headers=HEADERS))
+        await emulator.configure(failure_mode="unavailable")
+        failed = await http.get(METHODS, headers=HEADERS)
+        await emulator.configure(failure_mode="none")
+        status = await http.get("/health")
+    assert_error(failed, 503, "upstream_unavailable")
+    assert int(failed.headers["retry-after"]) >= 1
+    assert len(seen) == 1  # not retried without a new token
+    assert status.json()["clients"]["checkout"]["last_error"] is not None
 
 
 async def test_upstream_429_reaches_the_caller_and_pauses_the_budget(
