@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated
 from urllib.parse import unquote
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from starlette.background import BackgroundTask
 from starlette.responses import StreamingResponse
 
@@ -32,11 +33,15 @@ def raw_subpath(request: Request, client: str) -> str:
     return checked_path(sub)
 
 
-@router.api_route("/proxy/{client}/{path:path}", methods=METHODS)
 async def proxy(
-    request: Request, client: str, caller: CallerDep, services: ServicesDep
+    request: Request,
+    client: str,
+    path: Annotated[str, Path(description="the upstream path below api_base_url")],
+    caller: CallerDep,
+    services: ServicesDep,
 ) -> StreamingResponse:
     """Forward the call to `api_base_url/path`; the upstream's answer streams back."""
+    del path  # declared for the OpenAPI document; the raw (still encoded) path is forwarded
     name = services.auth.authorize(caller, client)
     request.state.client = name  # for the access log
     subpath = raw_subpath(request, client)
@@ -66,3 +71,13 @@ async def proxy(
         for header, value in forwarded_response_headers(upstream.headers)
     ]
     return response
+
+
+for _method in METHODS:  # one route per method: each gets its own, stable operationId
+    router.add_api_route(
+        "/proxy/{client}/{path:path}",
+        proxy,
+        methods=[_method],
+        operation_id=f"proxy_{_method.lower()}",
+        summary=f"Proxy a {_method} call",
+    )
