@@ -1,5 +1,8 @@
 """Run the broker under uvicorn (uvloop + httptools): the main listener and the ops listener.
 
+Both listeners refuse oversized or malformed request heads with contract JSON
+(`app.http_limits`), and API request bodies over `MAX_API_BODY_BYTES` with 413.
+
 One process, one event loop, one app, one set of services:
 
 * the **main listener** (`server.host:port`) serves the whole API, over HTTPS when
@@ -28,11 +31,12 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import error_json
-from app.auth.certificates import ClientCertProtocol
 from app.config import Settings
+from app.http_limits import LimitedClientCertProtocol, LimitedHttpToolsProtocol
 from app.main import create_app
 from app.observability.logs import log_event
 from app.tls import RELOAD_INTERVAL_SECONDS, ReloadingTlsContext
@@ -41,6 +45,11 @@ log = logging.getLogger(__name__)
 
 GRACEFUL_SHUTDOWN_SECONDS = 20
 START_POLL_SECONDS = 0.01
+MAX_API_BODY_BYTES = 1024 * 1024
+"""The API's bodies are small JSON; FastAPI would read any size into memory before a handler or
+a credential check could refuse it. The proxy (`proxy.max_body_bytes`, 413) and the OAuth
+endpoints (64 KiB, RFC 6749's 400 `invalid_request`) stream and limit their own bodies."""
+OWN_BODY_LIMITS = ("/proxy/", "/oauth2/", "/auth/realms/")
 
 
 def uvicorn_config(
@@ -49,7 +58,7 @@ def uvicorn_config(
     """The uvicorn settings every listener of the broker shares; `extra` adds or overrides."""
     options: dict[str, Any] = {
         "loop": "uvloop",
-        "http": "httptools",
+        "http": LimitedHttpToolsProtocol,  # httptools, with limits on the request head
         "lifespan": "on",
         "log_config": None,  # configure_logging() owns the handlers
         "access_log": False,  # our request log line has the caller and outcome
@@ -86,8 +95,41 @@ class ListenerApp:
         if self._ops_only and not is_ops_path(scope["path"]):
             await error_json(404, "not_found", "Not Found")(scope, receive, send)
             return
+        if not scope["path"].startswith(OWN_BODY_LIMITS):
+            if declared_length(scope) > MAX_API_BODY_BYTES:
+                await error_json(413, "request_too_large", TOO_LARGE)(scope, receive, send)
+                return
+            receive = limited_body(receive, MAX_API_BODY_BYTES)
         scope["state"] = dict(self._state)  # a shallow copy per request, as uvicorn makes
         await self._app(scope, receive, send)
+
+
+TOO_LARGE = f"request body larger than {MAX_API_BODY_BYTES} bytes"
+
+
+def declared_length(scope: Scope) -> int:
+    """The request's Content-Length, or 0 when absent or unreadable (uvicorn rejects those)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else 0
+    return 0
+
+
+def limited_body(receive: Receive, limit: int) -> Receive:
+    """`receive` that raises 413 once more than `limit` body bytes have arrived (chunked)."""
+    received = 0
+
+    async def receive_limited() -> Message:
+        nonlocal received
+        message = await receive()
+        received += len(message.get("body", b""))
+        if received > limit:
+            # FastAPI re-raises an HTTPException from body parsing as it is: the error
+            # handlers turn it into the contract's 413 `request_too_large`.
+            raise HTTPException(413, TOO_LARGE)
+        return message
+
+    return receive_limited
 
 
 class Listener(uvicorn.Server):
@@ -138,7 +180,7 @@ class BrokerServer:
             app,
             port,
             settings,
-            http=ClientCertProtocol,
+            http=LimitedClientCertProtocol,
             ssl_context_factory=lambda _config, _default: tls.context,
         )
 

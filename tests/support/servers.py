@@ -34,7 +34,9 @@ async def serve_app(app: Any, *, host: str = "127.0.0.1", **config: Any) -> Asyn
     sock = bound_socket(host)
     port = sock.getsockname()[1]
     server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, **{"log_level": "warning", "lifespan": "on", **config})
+        uvicorn.Config(
+            app, host=host, port=port, **{"log_level": "warning", "lifespan": "on", **config}
+        )
     )
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
