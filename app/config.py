@@ -12,6 +12,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
+from json import JSONDecodeError
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
@@ -24,12 +25,19 @@ from pydantic import (
     IPvAnyNetwork,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from app.errors import ConfigError
+from app.store.topology import SENTINEL_SCHEME, check_cluster_url, parse_sentinel_url
 
 CONFIG_ENV_VAR = "TOKEN_BROKER_CONFIG"
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
@@ -117,26 +125,39 @@ class ServerSettings(_Strict):
 
 
 class StoreSettings(_Strict):
-    """`[store]`: where tokens, locks and the budget live."""
+    """`[store]`: where tokens, locks and the budget live (see `app.store.topology`)."""
 
     redis_url: SecretStr | None = None  # may embed a password
     key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] = "tb"
     cluster: bool = False
     socket_timeout_seconds: PositiveSeconds = 1.0
 
-    @model_validator(mode="after")
-    def _url_scheme(self) -> Self:
-        if self.redis_url is None:
-            if self.cluster:
-                raise ValueError("cluster = true needs redis_url")
-            return self
-        scheme = urlsplit(self.redis_url.get_secret_value()).scheme
-        allowed = ("redis", "rediss", "redis+sentinel", "unix")
+    @field_validator("redis_url")
+    @classmethod
+    def _url_shape(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is None:
+            return None
+        text = url.get_secret_value()
+        scheme = urlsplit(text).scheme
+        allowed = ("redis", "rediss", SENTINEL_SCHEME, "unix")
         if scheme not in allowed:
             raise ValueError(f"redis_url scheme must be one of {', '.join(allowed)}")
-        if self.cluster and scheme not in ("redis", "rediss"):
-            raise ValueError("cluster = true needs a redis:// or rediss:// seed URL")
-        return self
+        if scheme == SENTINEL_SCHEME:
+            parse_sentinel_url(text)
+        elif scheme != "unix" and not urlsplit(text).hostname:
+            raise ValueError("redis_url needs a host")
+        return url
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster_seed(cls, cluster: bool, info: ValidationInfo) -> bool:
+        if not cluster or "redis_url" not in info.data:
+            return cluster  # a bad redis_url is reported on its own
+        url: SecretStr | None = info.data["redis_url"]
+        if url is None:
+            raise ValueError("cluster = true needs redis_url (a seed node of the cluster)")
+        check_cluster_url(url.get_secret_value())
+        return cluster
 
 
 class BudgetSettings(_Strict):
@@ -272,6 +293,16 @@ def _problems(exc: ValidationError) -> list[tuple[str, str]]:
     return problems
 
 
+def _unparsable_env(exc: SettingsError) -> tuple[str, str]:
+    """Key path and message for pydantic-settings' parse error (it names the field only)."""
+    field = re.search(r'field "([^"]+)"', str(exc))
+    section = field.group(1) if field else ""
+    prefix = f"{CONFIG_ENV_VAR.removesuffix('CONFIG')}{section.upper()}__"
+    cause = exc.__cause__  # only the position is quoted: the value may be a secret
+    where = f" ({cause.msg} at column {cause.colno})" if isinstance(cause, JSONDecodeError) else ""
+    return section, f"a {prefix}* variable is not valid JSON (lists and tables are){where}"
+
+
 def _stray_env_vars(environ: Mapping[str, str]) -> list[tuple[str, str]]:
     """TOKEN_BROKER_ variables that name no configuration section (pydantic ignores them)."""
     prefix = Settings.model_config.get("env_prefix", "")
@@ -338,6 +369,8 @@ def load_settings(path: Path | str | None = None) -> Settings:
         settings = Settings(**data)
     except ValidationError as exc:
         raise ConfigError(_problems(exc)) from None
+    except SettingsError as exc:  # an environment value that is not JSON where JSON is needed
+        raise ConfigError([_unparsable_env(exc)]) from None
     problems = (
         settings.reference_problems()
         + _check_secret_files(settings)

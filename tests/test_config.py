@@ -524,3 +524,15 @@ def test_default_upstream_urls_are_paysera(tmp_path: Path) -> None:
         "https://api.paysera.com/auth/realms/Paysera/protocol/openid-connect/token"
     )
     assert checkout.api_base_url == "https://api.paysera.com"
+
+
+def test_env_value_that_is_not_json_names_the_section_and_hides_the_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A list override that is not JSON is a ConfigError naming the section, not a traceback."""
+    path = write_toml(tmp_path / "broker.toml", base())
+    monkeypatch.setenv("TOKEN_BROKER_SERVER__XFCC_TRUSTED_PROXIES", f"[{SECRET}")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert_names_key(info.value, "server", "not valid JSON")
+    assert SECRET not in str(info.value)

@@ -9,10 +9,20 @@ client carries the hash tag `{client}` so a script's keys share one Redis Cluste
     P:v1:{client}:lock     string refresh lock owner; SET NX PX, compare-and-delete release
     P:v1:changes           pub/sub channel, messages "client kind digest"
     P:v1:{budget}:grants   zset   permit id -> slot (ms of Redis time); the fleet's sliding window
-    P:v1:{budget}:cooldown string present until the upstream's reported reset has passed
+    P:v1:{budget}:cooldown string present until the upstream's reported reset (or a failover
+                                  fence) has passed
+    P:v1:{budget}:epoch    string run_id of the Redis process that counts the window
     P:v1:instances         zset   "INSTANCE VERSION" -> Redis ms at which its heartbeat lapses
 
-Every redis-py exception is translated into `StoreUnavailable` here.
+Every redis-py exception is translated into `StoreUnavailable` here. The topology (one server,
+Sentinel, Cluster) is `app.store.redis_topology`'s business.
+
+After a failover (Sentinel or Cluster) the new primary may lack the last writes the old one
+acknowledged (replication is asynchronous). The budget is fenced: `budget_reserve` records the
+run_id of the Redis process that counts the window and, when another process answers, grants
+nothing for one window + `failover_grace`. A lost lock costs one extra upstream request and
+`save` never stores an earlier-expiring token. The reasoning, and why not `WAIT`, is in
+alembic-free-migrations.md ("Topologies and failover").
 """
 
 from __future__ import annotations
@@ -25,11 +35,7 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from app.budget.model import Reservation, Usage, Window
 from app.clock import SYSTEM_CLOCK, Clock
@@ -37,6 +43,12 @@ from app.config import StoreSettings
 from app.errors import StoreUnavailable
 from app.observability.logs import log_event
 from app.store.ports import ChangeListener, InstanceInfo
+from app.store.redis_topology import (
+    CLIENT_ERRORS,
+    SENTINEL_POLL_SECONDS,
+    AnyRedis,
+    open_topology,
+)
 from app.tokens.model import (
     ChangeKind,
     DiscardOutcome,
@@ -66,6 +78,7 @@ _SCRIPTS = (
     "heartbeat",
     "instances",
 )
+_RESUBSCRIBE_FIRST_SECONDS = 0.1
 _RESUBSCRIBE_MAX_SECONDS = 5.0
 SUBSCRIBE_WAIT_SECONDS = 2.0
 T = TypeVar("T")
@@ -90,8 +103,13 @@ class KeySchema:
 
     @property
     def budget(self) -> list[str]:
-        """The budget script's keys: grants zset and cooldown, in one slot."""
+        """The budget scripts' keys: grants zset and cooldown, in one slot."""
         return [f"{self.base}:{{budget}}:grants", f"{self.base}:{{budget}}:cooldown"]
+
+    @property
+    def budget_epoch(self) -> str:
+        """The run_id of the Redis process that counts the window; in the budget's slot."""
+        return f"{self.base}:{{budget}}:epoch"
 
 
 @asynccontextmanager
@@ -99,40 +117,40 @@ async def translated(operation: str) -> AsyncIterator[None]:
     """Turn any Redis or socket failure into StoreUnavailable (the core's only store error)."""
     try:
         yield
-    except (RedisError, OSError, TimeoutError) as exc:
+    except CLIENT_ERRORS as exc:
         raise StoreUnavailable(
             f"store unavailable during {operation}: {type(exc).__name__}"
         ) from exc
 
 
 class RedisStore:
-    """`Store` on Redis (standalone, `rediss://` TLS or a Unix socket)."""
-
-    kind = "redis"
+    """`Store` on Redis: one server (`redis://`, `rediss://`, Unix socket), Sentinel or Cluster."""
 
     def __init__(self, settings: StoreSettings, *, clock: Clock = SYSTEM_CLOCK) -> None:
         assert settings.redis_url is not None
         self._clock = clock
         self.keys = KeySchema(settings.key_prefix)
-        self.redis: aioredis.Redis = aioredis.Redis.from_url(
-            settings.redis_url.get_secret_value(),
-            decode_responses=True,
-            socket_timeout=settings.socket_timeout_seconds,
-            socket_connect_timeout=settings.socket_timeout_seconds,
-            # One quick retry rides out a dropped pooled connection; more would only delay the
-            # fallback to L1 while Redis is really down.
-            retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
-            health_check_interval=15,
-        )
+        self.topology = open_topology(settings)
+        self.kind = self.topology.kind
+        self.redis: AnyRedis = self.topology.client
+        # How long an instance may still write to an old primary after the switch: two polls
+        # of Sentinel and one command's timeout.
+        self.failover_grace = 2 * SENTINEL_POLL_SECONDS + settings.socket_timeout_seconds
+        self._epoch = ""  # the budget epoch this instance last saw, and when (monotonic)
+        self._epoch_seen_at = float("-inf")
         self._scripts = {name: self.redis.register_script(lua(name)) for name in _SCRIPTS}
         self._listeners: list[ChangeListener] = []
         self._subscriber: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        # Reset by every successful subscribe, so a failover long after the last one is
+        # followed quickly.
+        self._resubscribe_delay = _RESUBSCRIBE_FIRST_SECONDS
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Start listening for changes; Redis may still be down (the listener retries)."""
+        await self.topology.start()
         self._subscriber = asyncio.create_task(self._listen_forever())
         try:  # so that a cold fleet does not miss the first broadcast
             await asyncio.wait_for(self._subscribed.wait(), SUBSCRIBE_WAIT_SECONDS)
@@ -144,14 +162,11 @@ class RedisStore:
         if self._subscriber is not None:
             self._subscriber.cancel()
             await asyncio.gather(self._subscriber, return_exceptions=True)
-        await self.redis.aclose()
+        await self.topology.close()
 
     async def ping(self) -> bool:
-        """Whether Redis answers PING."""
-        try:
-            return bool(await self.redis.ping())
-        except (RedisError, OSError, TimeoutError):
-            return False
+        """Whether Redis answers PING (Cluster: every primary)."""
+        return await self.topology.ping()
 
     def subscribe(self, listener: ChangeListener) -> None:
         """Call `listener` for every change any instance makes."""
@@ -250,19 +265,37 @@ class RedisStore:
     # -- budget -------------------------------------------------------------------------------
 
     async def reserve(self, window: Window, max_wait: float, permit_id: str) -> Reservation:
-        """One script call decides the permit on Redis time."""
+        """One script call decides the permit on Redis time, behind the failover fence."""
+        now = self._clock.monotonic()
+        expected = self._epoch if now - self._epoch_seen_at < window.seconds else ""
         raw = await self._run(
             "budget_reserve",
-            self.keys.budget,
-            [window.limit, _ms(window.seconds), _ms(max_wait), permit_id],
+            [*self.keys.budget, self.keys.budget_epoch],
+            [
+                window.limit,
+                _ms(window.seconds),
+                _ms(max_wait),
+                permit_id,
+                _ms(window.seconds + self.failover_grace),
+                expected,
+            ],
         )
-        granted, delay, remaining, reset = (int(x) for x in raw)
+        granted, delay, remaining, reset = (int(x) for x in raw[:4])
+        self._epoch, self._epoch_seen_at = str(raw[4]), now
+        if int(raw[5]) == 1:
+            log_event(
+                log,
+                logging.WARNING,
+                "budget.failover_fence",
+                seconds=round(window.seconds + self.failover_grace, 3),
+            )
         return Reservation(granted == 1, delay / 1000, remaining, reset / 1000, permit_id)
 
     async def confirm(self, permit_id: str) -> float:
-        """Withdrawn (cooldown ms left) if a cooldown began after the reservation."""
+        """Withdrawn (seconds of cooldown left, > 0) if a cooldown began after the reservation
+        or a failover lost it."""
         raw = await self._run("budget_confirm", self.keys.budget, [permit_id])
-        return 0.0 if int(raw[0]) == 1 else int(raw[1]) / 1000
+        return 0.0 if int(raw[0]) == 1 else max(0.001, int(raw[1]) / 1000)
 
     async def withdraw(self, permit_id: str) -> None:
         """ZREM the unused reservation."""
@@ -298,23 +331,23 @@ class RedisStore:
 
     async def _listen_forever(self) -> None:
         """Deliver change messages to listeners; reconnect with backoff after a failure."""
-        delay = 0.1
         while True:
             try:
                 await self._listen_once()
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError, TimeoutError) as exc:
+            except CLIENT_ERRORS as exc:
                 log_event(log, logging.DEBUG, "store.subscriber_retry", error=type(exc).__name__)
             # A gap in the feed is healed by the token service re-reading the store.
-            await asyncio.sleep(delay)
-            delay = min(_RESUBSCRIBE_MAX_SECONDS, delay * 2)
+            await asyncio.sleep(self._resubscribe_delay)
+            self._resubscribe_delay = min(_RESUBSCRIBE_MAX_SECONDS, self._resubscribe_delay * 2)
 
     async def _listen_once(self) -> None:
-        pubsub: PubSub = self.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub: PubSub = await self.topology.pubsub()
         try:
             await pubsub.subscribe(self.keys.changes)
             self._subscribed.set()
+            self._resubscribe_delay = _RESUBSCRIBE_FIRST_SECONDS
             while True:
                 message = await pubsub.get_message(timeout=30.0)
                 if message is not None:
@@ -359,5 +392,5 @@ def _token(access_token: Any, token_type: Any, expires_at: Any, obtained_at: Any
 async def _quietly(close: Callable[[], Awaitable[T]]) -> None:
     try:
         await close()
-    except (RedisError, OSError, TimeoutError):
+    except CLIENT_ERRORS:
         pass
