@@ -3,7 +3,7 @@
 Key schema v1 (see alembic-free-migrations.md); `P` is `store.key_prefix`, and every key of one
 client carries the hash tag `{client}` so a script's keys share one Redis Cluster slot:
 
-    P:v1:{client}:token    hash   access_token, token_type, expires_at, obtained_at; expires with it
+    P:v1:{client}:token    hash   access_token, token_type, expires_at, obtained_at (Redis clock)
     P:v1:{client}:hold     string why the fleet holds off the upstream; expires when the hold ends
     P:v1:{client}:forced   string present while a forced refresh is too recent; expires by itself
     P:v1:{client}:lock     string refresh lock owner; SET NX PX, compare-and-delete release
@@ -178,11 +178,20 @@ class RedisStore:
         async with translated(name):
             return await self._scripts[name](keys=keys, args=args)
 
+    def _token(self, access_token: Any, token_type: Any, expires_in: Any, age: Any) -> Token | None:
+        """A stored token, its times moved from Redis' clock (relative) onto this instance's."""
+        if not access_token:
+            return None
+        now = self._clock.time()
+        return Token(
+            access_token, now + float(expires_in), now - float(age), token_type or "Bearer"
+        )
+
     async def load(self, client: str) -> TokenRecord:
         """Token and hold in one script call."""
         k = self.keys
         raw = await self._run("load", [k.client(client, "token"), k.client(client, "hold")], [])
-        token = _token(raw[0], raw[1], raw[2], raw[3])
+        token = self._token(raw[0], raw[1], raw[2], raw[3])
         hold = None
         if raw[4] and int(raw[5]) > 0:
             hold = Hold(HoldReason(raw[4]), int(raw[5]) / 1000)
@@ -191,15 +200,16 @@ class RedisStore:
     async def save(self, client: str, token: Token) -> Token:
         """Store `token` unless a later-expiring one is stored; return the winner."""
         k = self.keys
-        ttl_ms = max(1000, int((token.expires_at - self._clock.time()) * 1000) + 1000)
+        now = self._clock.time()
+        ttl_ms = max(1000, int((token.expires_at - now) * 1000) + 1000)
         raw = await self._run(
             "save",
             [k.client(client, "token"), k.client(client, "hold")],
             [
                 token.access_token,
                 token.token_type,
-                repr(token.expires_at),
-                repr(token.obtained_at),
+                repr(token.expires_at - now),
+                repr(max(0.0, now - token.obtained_at)),
                 ttl_ms,
                 k.changes,
                 _message(client, ChangeKind.SAVED, token.digest),
@@ -207,7 +217,7 @@ class RedisStore:
         )
         if int(raw[0]) == 1:
             return token
-        winner = _token(raw[1], raw[2], raw[3], raw[4])
+        winner = self._token(raw[1], raw[2], raw[3], raw[4])
         assert winner is not None
         return winner
 
@@ -381,12 +391,6 @@ def _parse_message(data: object) -> TokenChange | None:
         return TokenChange(parts[0], ChangeKind(parts[1]), parts[2])
     except ValueError:
         return None
-
-
-def _token(access_token: Any, token_type: Any, expires_at: Any, obtained_at: Any) -> Token | None:
-    if not access_token:
-        return None
-    return Token(access_token, float(expires_at), float(obtained_at), token_type or "Bearer")
 
 
 async def _quietly(close: Callable[[], Awaitable[T]]) -> None:
