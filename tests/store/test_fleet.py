@@ -104,14 +104,15 @@ async def test_rotation_under_load_never_serves_inside_the_buffer(
         first_request = time.monotonic()
         async with client() as http:
             await asyncio.gather(*(caller(http, brokers[i % 3]) for i in range(30)))
-    # Refresh-ahead runs from the first request until the processes stop (later than the
-    # callers' 10 s on a loaded machine), so the bound uses the time actually elapsed.
-    elapsed = time.monotonic() - first_request
-    requests = (await emulator.stats())["token_requests"]
+        # Counted while the fleet still runs: stopping it cancels a refresh in flight, and
+        # another instance may then take the lock and start one more that nobody receives.
+        requests = (await emulator.stats())["token_requests"]
+        elapsed = time.monotonic() - first_request  # > run_seconds on a loaded machine
     assert {status for status, _ in seen} == {200}
     assert min(left for _, left in seen) >= 3, "a token was handed out inside the buffer"
-    # One request per (lifetime - buffer - refresh lead) plus the first; the lead is 0.3-0.6 s.
-    assert run_seconds / 3 <= requests <= elapsed / (6 - 3 - 0.6) + 1, (requests, elapsed)
+    # The first request, one per (lifetime - buffer - refresh lead) after it (the lead is
+    # 0.3-0.6 s), and one that may be in flight as the count is read.
+    assert run_seconds / 3 <= requests <= elapsed / (6 - 3 - 0.6) + 2, (requests, elapsed)
     assert len(seen) > 1000  # the load was real
 
 
