@@ -24,7 +24,7 @@ HELM_STAMP := $(TOOLS)/.helm-layer-$(HELM_LAYER_VERSION)
 DEPLOY_VENV := $(TOOLS)/deploy-lint
 DEPLOY_STAMP := $(DEPLOY_VENV)/.installed-$(HADOLINT_VERSION)-$(KUBERNETES_VALIDATE_VERSION)
 
-.PHONY: help install run test lint typecheck format bench docker-lint helm-lint all clean
+.PHONY: help install run test lint typecheck format bench soak docker-lint helm-lint all clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -58,6 +58,11 @@ format: install ## apply ruff fixes and formatting
 typecheck: install ## mypy --strict on app/
 	$(BIN)/mypy
 
+bench: install ## benchmarks vs baselines (not in test); prints, writes .bench/results.md
+	@command -v wrk >/dev/null || { echo "wrk is required for the benchmarks: apt-get install -y wrk"; exit 1; }
+	@command -v redis-server >/dev/null || { echo "redis-server is required: apt-get install -y redis-server"; exit 1; }
+	$(BIN)/python -m tests.benchmarks
+
 all: lint typecheck test ## everything CI checks
 
 $(HELM_STAMP):
@@ -87,6 +92,11 @@ helm-lint: install $(HELM_STAMP) $(DEPLOY_STAMP) ## helm lint --strict, kubernet
 	HELM=$(HELM) KUBERNETES_VALIDATE=$(DEPLOY_VENV)/bin/kubernetes-validate \
 		KUBERNETES_VERSION=$(KUBERNETES_VERSION) CHART=$(CHART) .ci/deploy-checks.sh
 	$(BIN)/pytest tests/deploy -q
+
+SOAK_SECONDS ?= 600
+soak: install ## 3 brokers + redis-server under mixed load for SOAK_SECONDS (600): errors, leaks, RSS
+	@command -v redis-server >/dev/null || { echo "redis-server is required: apt-get install -y redis-server"; exit 1; }
+	SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/python -m tests.soak
 
 clean: ## remove the environment and caches
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache .run

@@ -138,6 +138,9 @@ def create_app(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> FastAPI:
         redirect_slashes=False,  # an API answers the path it was asked, never a redirect
     )
     install_error_handlers(app)
+    # Middleware added last runs first: the request log wraps the warm token path, so the
+    # requests that path answers are logged and counted like every other.
+    app.add_middleware(tokens.WarmTokenPath, clients=settings.clients)
     app.add_middleware(RequestLogMiddleware, settings=settings, metrics=metrics)
     app.include_router(tokens.router)
     app.include_router(oauth.router)

@@ -196,15 +196,26 @@ class TokenService:
         except KeyError:
             raise UnknownClient(f"unknown client {client!r}", client=client) from None
 
+    def peek(self, client: str) -> Token | None:
+        """The L1 token of `client` if it may be served now, else None; never waits.
+
+        The hot path: a dict lookup and a clock read. A revalidation against the store is
+        started in the background when the entry is older than `l1_max_age`.
+        """
+        entry = self._l1.get(client)
+        if entry is None or entry.serve_until <= self._clock.time():
+            return None
+        if self._clock.monotonic() - entry.checked_at > self._l1_max_age:
+            self._revalidate_soon(client)
+        self._events.cache_hit(client, "l1")
+        return entry.token
+
     async def get(self, client: str) -> Token:
         """A token with more than the refresh buffer left (or a still-valid one if the upstream
         is down)."""
-        entry = self._l1.get(client)
-        if entry is not None and entry.serve_until > self._clock.time():
-            if self._clock.monotonic() - entry.checked_at > self._l1_max_age:
-                self._revalidate_soon(client)
-            self._events.cache_hit(client, "l1")
-            return entry.token
+        token = self.peek(client)
+        if token is not None:
+            return token
         return await self._single_flight(client)
 
     async def invalidate(self, client: str, access_token: str) -> Token:
