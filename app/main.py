@@ -48,6 +48,9 @@ def policies_of(settings: Settings) -> dict[str, ClientPolicy]:
             refresh_buffer=spec.refresh_buffer_seconds,
             min_forced_interval=spec.min_forced_refresh_interval_seconds,
             upstream_timeout=spec.timeout_seconds,
+            permit_wait=settings.budget.max_wait_seconds
+            if settings.budget.count_token_requests
+            else 0.0,
         )
         for name, spec in settings.clients.items()
     }

@@ -17,6 +17,7 @@ framework: it sees only the ports in `app.store.ports` and the `TokenFetcher` be
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import random
 from collections import deque
@@ -53,6 +54,9 @@ log = logging.getLogger(__name__)
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 30.0
 MAX_WAIT_FOR_BROADCAST_SECONDS = 2.0
+L1_HARD_AGE_SECONDS = 0.9
+"""An L1 entry the store has not confirmed for this long is re-checked before it is served, so
+an invalidation whose broadcast was lost is honoured within 1 s (the contract's bound)."""
 STORE_RETRY_SECONDS = 1.0
 """After a store failure, how long the slow path goes straight to the local fallback."""
 _TOMBSTONES_PER_CLIENT = 8
@@ -114,11 +118,13 @@ class ClientPolicy:
     refresh_buffer: float = 300.0
     min_forced_interval: float = 10.0
     upstream_timeout: float = 10.0
+    permit_wait: float = 0.0  # longest wait for a budget permit before a token request
 
     @property
     def lock_ttl(self) -> float:
-        """Longer than one upstream attempt, so a live holder never loses its lock."""
-        return self.upstream_timeout * 1.5 + 2.0
+        """Longer than one upstream attempt (and its permit wait), so a live holder never loses
+        its lock."""
+        return self.permit_wait + self.upstream_timeout * 1.5 + 2.0
 
 
 @dataclass
@@ -171,7 +177,7 @@ class TokenService:
         self._l1: dict[str, _L1Entry] = {}
         self._status = {name: ClientStatus() for name in self._policies}
         self._inflight: dict[str, asyncio.Future[Token]] = {}
-        self._revalidating: set[str] = set()
+        self._revalidating: dict[str, asyncio.Task[None]] = {}
         self._changed: dict[str, asyncio.Event] = {}
         self._refreshers: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -200,12 +206,16 @@ class TokenService:
         """The L1 token of `client` if it may be served now, else None; never waits.
 
         The hot path: a dict lookup and a clock read. A revalidation against the store is
-        started in the background when the entry is older than `l1_max_age`.
+        started in the background when the entry is older than `l1_max_age`; past
+        `L1_HARD_AGE_SECONDS` the entry is not served from here (`get` re-checks it first).
         """
         entry = self._l1.get(client)
         if entry is None or entry.serve_until <= self._clock.time():
             return None
-        if self._clock.monotonic() - entry.checked_at > self._l1_max_age:
+        age = self._clock.monotonic() - entry.checked_at
+        if age > self._l1_max_age:
+            if age > L1_HARD_AGE_SECONDS and self.store_ok:
+                return None
             self._revalidate_soon(client)
         self._events.cache_hit(client, "l1")
         return entry.token
@@ -216,6 +226,13 @@ class TokenService:
         token = self.peek(client)
         if token is not None:
             return token
+        entry = self._l1.get(client)
+        if entry is not None and entry.serve_until > self._clock.time():
+            # Servable, but the store has not confirmed it lately: ask the store first.
+            await asyncio.shield(self._revalidate_soon(client))
+            token = self.peek(client)
+            if token is not None:
+                return token
         return await self._single_flight(client)
 
     async def invalidate(self, client: str, access_token: str) -> Token:
@@ -279,9 +296,12 @@ class TokenService:
         """Return a token servable for `ahead` more seconds, coordinating with the fleet."""
         if self._clock.monotonic() >= self._store_retry_at:
             try:
-                return await self._obtain_via(self._store, self._lock, client, ahead)
+                token = await self._obtain_via(self._store, self._lock, client, ahead)
             except StoreUnavailable:
                 self._note_store(ok=False)
+            else:
+                self._note_store(ok=True)
+                return token
         entry = self._l1.get(client)
         if entry is not None:
             await self._local.save(client, entry.token)
@@ -323,19 +343,25 @@ class TokenService:
             return self._held(client, token, record.hold)
         try:
             new = await self._fetch(client)
-        except BudgetExhausted:
+        except BudgetExhausted as exc:
+            # No permit for a while: the refresher sleeps until one could come (no spinning).
+            self._status[client].hold_until = self._clock.monotonic() + exc.retry_after
             if token is not None and token.expires_at > self._clock.time():
                 return self._remember(client, token)  # wait for a permit with the old token
             raise
         except UpstreamError as exc:
             hold = self._hold_for(client, exc)
-            await store.hold(client, hold.reason, hold.remaining)
+            try:
+                await store.hold(client, hold.reason, hold.remaining)
+            except StoreUnavailable:
+                # Held locally instead, or the fallback would ask the upstream again at once.
+                self._note_store(ok=False)
+                await self._local.hold(client, hold.reason, hold.remaining)
             return self._held(client, token, hold, exc)
         try:
             new = await store.save(client, new)
         except StoreUnavailable:
             self._note_store(ok=False)  # keep the token we paid for; the store catches up later
-        REDACTOR.add(new.access_token)
         return self._remember(client, new)
 
     async def _fetch(self, client: str) -> Token:
@@ -417,6 +443,7 @@ class TokenService:
         return serve_until - ahead > self._clock.time()
 
     def _remember(self, client: str, token: Token) -> Token:
+        REDACTOR.add(token.access_token, key=client)
         policy = self._policies[client]
         self._l1[client] = _L1Entry(
             token, token.serve_until(policy.refresh_buffer), self._clock.monotonic()
@@ -424,6 +451,9 @@ class TokenService:
         status = self._status[client]
         status.token = token
         status.last_refresh_at = max(status.last_refresh_at or 0.0, token.obtained_at)
+        if status.last_error is not None and token.obtained_at > (status.last_error_at or 0.0):
+            # Another instance refreshed after this one failed: the fleet has recovered.
+            status.last_error, status.last_refresh_outcome = None, "ok"
         return token
 
     def _forget(self, client: str, token_digest: str) -> None:
@@ -432,10 +462,15 @@ class TokenService:
         if entry is not None and entry.token.digest == token_digest:
             del self._l1[client]
 
-    def _revalidate_soon(self, client: str) -> None:
-        if client not in self._revalidating:
-            self._revalidating.add(client)
-            self._spawn(self._revalidate(client))
+    def _revalidate_soon(self, client: str) -> asyncio.Task[None]:
+        """The running re-check of `client`'s L1 entry, started if there is none (one at a time:
+        a burst of requests at the hard age makes one store read)."""
+        running = self._revalidating.get(client)
+        if running is None:
+            running = self._revalidating[client] = asyncio.ensure_future(self._revalidate(client))
+            self._tasks.add(running)
+            running.add_done_callback(self._tasks.discard)
+        return running
 
     async def _revalidate(self, client: str) -> None:
         """Confirm the L1 entry against the store; drop it if the store has another token."""
@@ -445,7 +480,7 @@ class TokenService:
             self._note_store(ok=False)  # keep serving L1 while the token is valid
             return
         finally:
-            self._revalidating.discard(client)
+            self._revalidating.pop(client, None)
         self._note_store(ok=True)
         entry = self._l1.get(client)
         if entry is None:
@@ -461,7 +496,10 @@ class TokenService:
         status = self._status[client]
         if not status.requested:
             status.requested = True
-            self._refreshers[client] = asyncio.create_task(self._refresh_ahead(client))
+            # A fresh context: the refresher's log lines are not the activating request's.
+            self._refreshers[client] = asyncio.create_task(
+                self._refresh_ahead(client), context=contextvars.Context()
+            )
 
     async def _refresh_ahead(self, client: str) -> None:
         """Refresh the token a little before it enters the buffer, so callers never wait.
@@ -506,7 +544,9 @@ class TokenService:
             self._note_store(ok=False)  # the lease lapses by itself
 
     def _note_store(self, *, ok: bool) -> None:
-        if not ok:
+        if ok:
+            self._store_retry_at = 0.0  # back on the shared store at once, not after the pause
+        else:
             self._store_retry_at = self._clock.monotonic() + STORE_RETRY_SECONDS
             self._events.store_error()
         if ok != self.store_ok:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import httpx
+import pytest
 
 from app import __version__
 from tests.conftest import BrokerFactory, Emulator
@@ -78,6 +80,27 @@ async def test_failed_refresh_degrades(broker: BrokerFactory, emulator: Emulator
     payouts = report["clients"]["payouts"]
     assert payouts["token"] == "missing"
     assert payouts["last_error"]
+    assert report["clients"]["checkout"]["last_error"] is None
+
+
+@pytest.mark.parametrize("store_config", ["redis"], indirect=True)
+async def test_a_refresh_by_another_instance_clears_the_failure(
+    broker: BrokerFactory, emulator: Emulator
+) -> None:
+    """An instance whose refresh failed is ok again once it serves a newer token that another
+    instance fetched (it need not refresh successfully itself)."""
+    async with broker() as one, broker() as two:
+        await emulator.configure(failure_mode="unavailable")
+        assert_error(await one.get("/token", headers=orders()), 503, "upstream_unavailable")
+        assert (await health(one))["status"] == "down"
+        await emulator.configure(failure_mode="none")
+        await asyncio.sleep(1.1)  # the fleet's hold after the failure (at most 1 s) lapses
+        fetched = assert_token(await two.get("/token", headers=orders()))
+        served = assert_token(await one.get("/token", headers=orders()))
+        report = await health(one)
+    assert served["access_token"] == fetched["access_token"]
+    assert (await emulator.stats())["tokens_issued"] == 1
+    assert report["status"] == "ok", report["reasons"]
     assert report["clients"]["checkout"]["last_error"] is None
 
 
