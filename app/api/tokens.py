@@ -83,7 +83,12 @@ def token_response(request: Request, client: str, token: Token, now: float) -> R
     return Response(token_json(token, expires_in), media_type="application/json", headers=NO_STORE)
 
 
-@router.get("/token", response_model=TokenResponse, responses={200: {"headers": NO_STORE}})
+NO_STORE_DOC = {
+    name: {"description": value, "schema": {"type": "string"}} for name, value in NO_STORE.items()
+}
+
+
+@router.get("/token", response_model=TokenResponse, responses={200: {"headers": NO_STORE_DOC}})
 async def get_token(
     request: Request, caller: CallerDep, services: ServicesDep, client: str | None = None
 ) -> Response:
