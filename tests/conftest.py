@@ -35,6 +35,16 @@ def redis_server() -> Iterator[RedisServer]:
         server.cleanup()
 
 
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server of this test alone, which it may stop and start."""
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
 @pytest.fixture(params=["memory", "redis"])
 def store_config(request: pytest.FixtureRequest) -> dict[str, Any]:
     """The [store] table: the embedded store, or the session's Redis with a fresh key prefix."""

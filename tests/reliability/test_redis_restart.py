@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +19,6 @@ pytestmark = pytest.mark.fleet
 
 HEADERS = {"X-API-Key": API_KEYS["orders"]}
 METHODS = "/checkout-project/integration/v1/methods"
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    """A redis-server this drill may stop and start."""
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
 
 
 async def all_ready(http: httpx.AsyncClient, brokers: list[BrokerProcess]) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -139,16 +138,6 @@ async def test_killing_the_lock_holder_mid_refresh_lets_another_instance_finish(
     assert len({r.json()["access_token"] for r in responses}) == 1
     assert elapsed < 6.5 + 2.0 + 1.0  # lease lapse + one slow upstream call + slack
     assert (await emulator.stats())["token_requests"] <= 2
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    """A redis-server this test may stop and start."""
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
 
 
 async def test_redis_outage_serves_held_tokens_and_recovers_without_restart(
