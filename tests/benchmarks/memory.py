@@ -66,8 +66,8 @@ def measure(plan: MemoryPlan, redis_url: str, directory: Path, prefix: str) -> S
     section.notes.append(
         f"Load: wrk {plan.connections} connections on warm `GET /token` for {loaded:.0f} s "
         f"({requests:,} requests), RSS sampled every {plan.chunk_seconds:g} s; RSS at half "
-        f"time {mib(half)} MiB, at the end {mib(samples[-1])} MiB. The issue asks for 5 "
-        f"minutes of load; {loaded / 60:.1f} minutes keep `make bench` under 10 minutes on "
-        "2 cores."
+        f"time {mib(half)} MiB, at the end {mib(samples[-1])} MiB. {loaded / 60:.1f} minutes "
+        "keep `make bench` under 10 minutes on 2 cores; `make soak` watches RSS for 10 minutes "
+        "under mixed load."
     )
     return section
