@@ -106,7 +106,8 @@ class CallerAuthenticator:
                 )
             return caller.default_client
         if client not in self._known_clients:
-            raise UnknownClient(f"unknown client {client!r}", client=client)
+            shown = client if len(client) <= 64 else f"{client[:64]}..."  # echo a bounded name
+            raise UnknownClient(f"unknown client {shown!r}", client=client)
         if client not in caller.clients:
             raise Forbidden(f"caller {caller.name!r} may not use client {client!r}", client=client)
         return client

@@ -24,7 +24,7 @@ class Reservation:
     granted: bool
     delay: float
     remaining: int
-    reset: float  # seconds until the oldest grant leaves the window
+    reset: float  # seconds from the slot until the oldest grant then in the window leaves it
     permit_id: str = ""
 
 

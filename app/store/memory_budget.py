@@ -43,7 +43,9 @@ class MemoryBudget:
         self._slots.append(slot)  # slot >= every stored slot: the list stays sorted
         self._ids[permit_id] = slot
         remaining = max(0, window.limit - len(self._slots))
-        return Reservation(True, delay, remaining, self._slots[0] + window.seconds - now, permit_id)
+        # reset counts from the slot, when the caller uses the permit (see budget_reserve.lua)
+        oldest = self._slots[bisect.bisect_left(self._slots, slot - window.seconds)]
+        return Reservation(True, delay, remaining, oldest + window.seconds - slot, permit_id)
 
     async def confirm(self, permit_id: str) -> float:
         """See `BudgetStore.confirm`."""

@@ -57,6 +57,20 @@ async def test_acquire_waits_for_the_next_slot(broker: BrokerFactory) -> None:
     assert 0.4 <= elapsed <= 1.5
 
 
+async def test_a_waited_permit_reports_the_reset_as_of_its_use(broker: BrokerFactory) -> None:
+    """After waiting for its slot, a permit's reset counts from then: the grant that made it
+    wait has left the window, so the next one to leave is the second (0.5 s in)."""
+    budget = {"limit": 2, "window_seconds": 3, "safety_margin_seconds": 0}
+    async with broker(budget=budget) as http:
+        await http.post("/budget/acquire", headers=HEADERS)
+        await asyncio.sleep(0.5)
+        await http.post("/budget/acquire", headers=HEADERS)
+        waited = await http.post("/budget/acquire?wait=4", headers=HEADERS)
+    assert waited.status_code == 200
+    assert waited.json()["reset"] == 1  # 0.5 s + 3 s - 3 s, rounded up; was 3 (as of the ask)
+    assert waited.headers["x-ratelimit-reset"] == "1"
+
+
 async def test_wait_is_capped_by_max_wait_seconds(broker: BrokerFactory) -> None:
     """A wait longer than max_wait_seconds is cut to it: the caller gets 429, not a long hang."""
     budget = {"limit": 1, "window_seconds": 30, "max_wait_seconds": 0.2}

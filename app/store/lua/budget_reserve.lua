@@ -56,7 +56,9 @@ end
 redis.call('ZADD', KEYS[1], slot, ARGV[4])
 redis.call('PEXPIRE', KEYS[1], window + delay + 1000)
 n = n + 1
-local oldest = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2])
+-- reset counts from the slot (when the caller uses the permit), as the upstream's would then:
+-- until the oldest grant still in the window at that moment leaves it.
+local first = redis.call('ZRANGEBYSCORE', KEYS[1], slot - window, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
 local remaining = limit - n
 if remaining < 0 then remaining = 0 end
-return {1, delay, remaining, oldest + window - now, run_id, fenced}
+return {1, delay, remaining, tonumber(first[2]) + window - slot, run_id, fenced}
