@@ -15,6 +15,7 @@ from fastapi import Depends, Request
 from app.auth.callers import Caller
 from app.auth.certificates import scope_identities
 from app.auth.xfcc import MalformedXfcc, is_trusted_peer, nearest_identities
+from app.errors import Unauthorized
 from app.observability.logs import log_event
 from app.services import Services
 from app.tokens.service import TokenService
@@ -64,8 +65,11 @@ def caller_identities(request: Request) -> list[str] | None:
 async def get_caller(request: Request) -> Caller:
     """Authenticate the request's credentials (API key and/or client certificate)."""
     services = services_of(request)
+    keys = request.headers.getlist("x-api-key")
+    if len(keys) > 1:  # every credential presented must be valid: no picking one of several
+        raise Unauthorized("more than one X-API-Key header")
     caller = services.auth.authenticate(
-        api_key=request.headers.get("x-api-key"), identities=caller_identities(request)
+        api_key=keys[0] if keys else None, identities=caller_identities(request)
     )
     request.state.caller = caller.name
     return caller

@@ -98,7 +98,9 @@ async def get_token(
     return token_response(request, name, token, services.clock.time())
 
 
-@router.post("/token/invalidate", response_model=TokenResponse)
+@router.post(
+    "/token/invalidate", response_model=TokenResponse, responses={200: {"headers": NO_STORE_DOC}}
+)
 async def invalidate_token(
     request: Request, body: InvalidateRequest, caller: CallerDep, services: ServicesDep
 ) -> Response:

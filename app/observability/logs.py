@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import math
 import sys
 import threading
 import time
@@ -19,26 +20,30 @@ from typing import Any
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 _REDACTED = "[redacted]"
-_TOKENS_PER_KEY = 2
+_TOKENS_PER_KEY = 8
 
 
 class Redactor:
-    """Strings that must never reach a log line: configured secrets, and each client's current
-    and previous token (so the cost per line stays a few substring checks per client)."""
+    """Strings that must never reach a log line: configured secrets, and each client's tokens
+    that have not expired (the newest few: the cost per line stays a few substring checks per
+    client; a forced refresh does not revoke the token it replaces)."""
 
     def __init__(self) -> None:
         self._secrets: set[str] = set()
-        self._tokens: dict[str, tuple[str, ...]] = {}
+        self._tokens: dict[str, tuple[tuple[str, float], ...]] = {}
         self._registered: tuple[str, ...] = ()  # rebuilt on change; read without the lock
         self._lock = threading.Lock()
 
-    def add(self, token: str, key: str = "") -> None:
-        """Scrub `token` from later log lines, until two newer tokens of `key` replace it."""
+    def add(self, token: str, key: str = "", expires_at: float = math.inf) -> None:
+        """Scrub `token` from later log lines until it expires (or newer tokens of `key` push
+        it out of the newest few)."""
         recent = self._tokens.get(key, ())
-        if len(token) < 8 or token in recent:
+        if len(token) < 8 or any(known == token for known, _ in recent):
             return
+        now = time.time()
         with self._lock:
-            self._tokens[key] = (token, *recent[: _TOKENS_PER_KEY - 1])
+            alive = tuple((t, until) for t, until in recent if until > now)
+            self._tokens[key] = ((token, expires_at), *alive[: _TOKENS_PER_KEY - 1])
             self._rebuild()
 
     def add_secret(self, secret: str) -> None:
@@ -56,7 +61,8 @@ class Redactor:
         return text
 
     def _rebuild(self) -> None:
-        self._registered = (*self._secrets, *(t for ts in self._tokens.values() for t in ts))
+        tokens = (token for recent in self._tokens.values() for token, _ in recent)
+        self._registered = (*self._secrets, *tokens)
 
 
 REDACTOR = Redactor()

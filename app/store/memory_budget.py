@@ -42,10 +42,12 @@ class MemoryBudget:
             return Reservation(False, delay, 0, delay)
         self._slots.append(slot)  # slot >= every stored slot: the list stays sorted
         self._ids[permit_id] = slot
-        remaining = max(0, window.limit - len(self._slots))
-        # reset counts from the slot, when the caller uses the permit (see budget_reserve.lua)
-        oldest = self._slots[bisect.bisect_left(self._slots, slot - window.seconds)]
-        return Reservation(True, delay, remaining, oldest + window.seconds - slot, permit_id)
+        # remaining and reset count from the slot, when the caller uses the permit (see
+        # budget_reserve.lua)
+        first = bisect.bisect_left(self._slots, slot - window.seconds)
+        remaining = max(0, window.limit - (len(self._slots) - first))
+        reset = self._slots[first] + window.seconds - slot
+        return Reservation(True, delay, remaining, reset, permit_id)
 
     async def confirm(self, permit_id: str) -> float:
         """See `BudgetStore.confirm`."""

@@ -183,6 +183,7 @@ class TokenService:
         self._tasks: set[asyncio.Task[None]] = set()
         self.store_ok = True
         self._store_retry_at = 0.0  # monotonic
+        self._store_failures = 0
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -295,12 +296,14 @@ class TokenService:
     async def _obtain(self, client: str, ahead: float = 0.0) -> Token:
         """Return a token servable for `ahead` more seconds, coordinating with the fleet."""
         if self._clock.monotonic() >= self._store_retry_at:
+            failures = self._store_failures
             try:
                 token = await self._obtain_via(self._store, self._lock, client, ahead)
             except StoreUnavailable:
                 self._note_store(ok=False)
             else:
-                self._note_store(ok=True)
+                if self._store_failures == failures:  # no save, hold or release failed either
+                    self._note_store(ok=True)
                 return token
         entry = self._l1.get(client)
         if entry is not None:
@@ -348,7 +351,12 @@ class TokenService:
             self._status[client].hold_until = self._clock.monotonic() + exc.retry_after
             if token is not None and token.expires_at > self._clock.time():
                 return self._remember(client, token)  # wait for a permit with the old token
-            raise
+            # The contract's answer for "no valid token and none to be had now" (503).
+            raise UpstreamUnavailable(
+                f"no valid token for client {client!r} and no budget permit for a request",
+                client=client,
+                retry_after=exc.retry_after,
+            ) from exc
         except UpstreamError as exc:
             hold = self._hold_for(client, exc)
             try:
@@ -443,7 +451,7 @@ class TokenService:
         return serve_until - ahead > self._clock.time()
 
     def _remember(self, client: str, token: Token) -> Token:
-        REDACTOR.add(token.access_token, key=client)
+        REDACTOR.add(token.access_token, key=client, expires_at=token.expires_at)
         policy = self._policies[client]
         self._l1[client] = _L1Entry(
             token, token.serve_until(policy.refresh_buffer), self._clock.monotonic()
@@ -469,11 +477,17 @@ class TokenService:
         if running is None:
             running = self._revalidating[client] = asyncio.ensure_future(self._revalidate(client))
             self._tasks.add(running)
-            running.add_done_callback(self._tasks.discard)
+            running.add_done_callback(self._revalidation_done)
         return running
+
+    def _revalidation_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # a bug: keep it visible
+            log.error("token.revalidate_failed", exc_info=task.exception())
 
     async def _revalidate(self, client: str) -> None:
         """Confirm the L1 entry against the store; drop it if the store has another token."""
+        asked_at = self._clock.monotonic()  # the entry is confirmed as of the read, not its end
         try:
             record = await self._store.load(client)
         except StoreUnavailable:
@@ -486,7 +500,7 @@ class TokenService:
         if entry is None:
             return
         if record.token is not None and record.token.digest == entry.token.digest:
-            entry.checked_at = self._clock.monotonic()
+            entry.checked_at = asked_at
         else:
             del self._l1[client]
 
@@ -517,7 +531,7 @@ class TokenService:
             await self._clock.sleep(max(0.0, entry.serve_until - lead - self._clock.time()))
             try:
                 await self._obtain(client, ahead=lead)
-            except (UpstreamError, StoreUnavailable):
+            except (UpstreamError, StoreUnavailable, BudgetExhausted):
                 pass  # recorded in the status; callers get the same error or a stale token
             except Exception:  # the refresher must outlive a bug in one round
                 log.exception("token.refresh_ahead_failed", extra={"fields": {"client": client}})
@@ -548,15 +562,11 @@ class TokenService:
             self._store_retry_at = 0.0  # back on the shared store at once, not after the pause
         else:
             self._store_retry_at = self._clock.monotonic() + STORE_RETRY_SECONDS
+            self._store_failures += 1
             self._events.store_error()
         if ok != self.store_ok:
             log_event(log, logging.INFO if ok else logging.WARNING, "store.state", ok=ok)
         self.store_ok = ok
-
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
 
 def _lead(lifetime: float) -> float:

@@ -81,6 +81,23 @@ async def test_invalidating_a_token_that_is_not_current_returns_the_current_one(
 
 # -- 401 -----------------------------------------------------------------------------------------
 
+
+async def test_repeated_api_key_headers_are_401_whatever_their_order(
+    broker: BrokerFactory, emulator: Emulator
+) -> None:
+    """Every credential presented must be valid: a good and a wrong X-API-Key together are 401,
+    in either order (the route does not pick the first one)."""
+    good, wrong = API_KEYS["orders"], "tbk_not_a_configured_key_0000000000"
+    async with broker() as http:
+        answers = [
+            await http.get("/token", headers=[("X-API-Key", first), ("X-API-Key", second)])
+            for first, second in ((good, wrong), (wrong, good), (good, good))
+        ]
+    for answer in answers:
+        assert_error(answer, 401, "unauthorized")
+    assert (await emulator.stats())["token_requests"] == 0
+
+
 BAD_CREDENTIALS = {
     "no key": {},
     "unknown key": {"X-API-Key": "tbk_not_a_configured_key_0000000000"},

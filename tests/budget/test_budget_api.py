@@ -71,6 +71,23 @@ async def test_a_waited_permit_reports_the_reset_as_of_its_use(broker: BrokerFac
     assert waited.headers["x-ratelimit-reset"] == "1"
 
 
+async def test_a_permit_after_a_cooldown_counts_only_the_grants_still_in_its_window(
+    broker: BrokerFactory,
+) -> None:
+    """Two grants, then a 2 s cooldown: the permit that waited it out sees a window holding only
+    itself (remaining 1 of 2), not the grants that left meanwhile."""
+    budget = {"limit": 2, "window_seconds": 1, "safety_margin_seconds": 0, "max_wait_seconds": 5}
+    report = {"status": 429, "headers": {"X-RateLimit-Reset": "2"}}
+    async with broker(budget=budget) as http:
+        for _ in range(2):
+            await http.post("/budget/acquire", headers=HEADERS)
+        await http.post("/budget/report", headers=HEADERS, json=report)
+        waited = await http.post("/budget/acquire?wait=4", headers=HEADERS)
+    assert waited.status_code == 200
+    assert waited.json()["remaining"] == 1
+    assert waited.headers["x-ratelimit-remaining"] == "1"
+
+
 async def test_wait_is_capped_by_max_wait_seconds(broker: BrokerFactory) -> None:
     """A wait longer than max_wait_seconds is cut to it: the caller gets 429, not a long hang."""
     budget = {"limit": 1, "window_seconds": 30, "max_wait_seconds": 0.2}

@@ -55,10 +55,10 @@ if delay > tonumber(ARGV[3]) then
 end
 redis.call('ZADD', KEYS[1], slot, ARGV[4])
 redis.call('PEXPIRE', KEYS[1], window + delay + 1000)
-n = n + 1
--- reset counts from the slot (when the caller uses the permit), as the upstream's would then:
--- until the oldest grant still in the window at that moment leaves it.
+-- remaining and reset count from the slot (when the caller uses the permit), as the upstream's
+-- would then: the grants still in the window at that moment (later reservations included), and
+-- until the oldest of them leaves it.
 local first = redis.call('ZRANGEBYSCORE', KEYS[1], slot - window, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-local remaining = limit - n
+local remaining = limit - redis.call('ZCOUNT', KEYS[1], slot - window, '+inf')
 if remaining < 0 then remaining = 0 end
 return {1, delay, remaining, tonumber(first[2]) + window - slot, run_id, fenced}
