@@ -6,12 +6,13 @@ Timeline of one client's token (buffer = `refresh_buffer_seconds`, lead = a marg
                       ^ background task         ^ callers never get it past here
                         refreshes (jittered)      while the upstream answers
 
-The hot path is a dict lookup in L1. L1 entries are re-checked against the store in the
-background at most `l1_max_age` seconds apart and dropped at once on a change broadcast, so an
-invalidated token disappears from every instance within about `l1_max_age` even if a broadcast
-is lost. Misses go through an in-process single flight and then the store's refresh lock, so
-the fleet sends one upstream request per refresh. This module never imports a backend or a web
-framework: it sees only the ports in `app.store.ports` and the `TokenFetcher` below.
+The hot path is a dict lookup in L1. L1 entries are dropped at once on a change broadcast and
+re-checked against the store in the background once older than `l1_max_age`; an entry not
+confirmed for `L1_HARD_AGE_SECONDS` is re-checked before it is served, so an invalidated token
+disappears from every instance within 1 s even if a broadcast is lost. Misses go through an
+in-process single flight and then the store's refresh lock, so the fleet sends one upstream
+request per refresh. This module never imports a backend or a web framework: it sees only the
+ports in `app.store.ports` and the `TokenFetcher` below.
 """
 
 from __future__ import annotations
