@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,16 +27,6 @@ from tests.support.redis import RedisServer
 
 RESULTS = Path(".bench/results.md")
 SECTIONS = ("throughput", "fleet", "rotation", "budget", "memory")
-
-
-@contextlib.contextmanager
-def redis_server() -> Iterator[RedisServer]:
-    """A private redis-server on a free port."""
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
 
 
 def warm_body(broker_url: str) -> bytes:
@@ -104,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     sections: list[Section] = []
     timings: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="tb-bench-") as tmp, redis_server() as redis:
+    with tempfile.TemporaryDirectory(prefix="tb-bench-") as tmp, RedisServer() as redis:
         for name, run in plans(args.quick).items():
             if name in args.only:
                 began = time.monotonic()

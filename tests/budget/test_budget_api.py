@@ -157,17 +157,15 @@ async def test_token_requests_take_permits_when_counted(
     assert health["budget"]["used"] == 1
 
 
-async def test_redis_down_fails_closed_by_default(emulator: Emulator, tmp_path: Path) -> None:
+async def test_redis_down_fails_closed_by_default(
+    emulator: Emulator, own_redis: RedisServer, tmp_path: Path
+) -> None:
     """With Redis unreachable the budget answers 503 store_unavailable, never a blind grant."""
-    server = RedisServer().start()
-    config = broker_config(emulator, {"redis_url": server.url, "key_prefix": "closed"})
-    try:
-        with fleet(config, tmp_path, size=1) as (broker,):
-            server.stop()
-            async with httpx.AsyncClient(base_url=broker.url, timeout=10) as http:
-                response = await http.post("/budget/acquire", headers=HEADERS)
-    finally:
-        server.cleanup()
+    config = broker_config(emulator, {"redis_url": own_redis.url, "key_prefix": "closed"})
+    with fleet(config, tmp_path, size=1) as (broker,):
+        own_redis.stop()
+        async with httpx.AsyncClient(base_url=broker.url, timeout=10) as http:
+            response = await http.post("/budget/acquire", headers=HEADERS)
     assert response.status_code == 503
     assert response.json()["error"] == "store_unavailable"
     assert "retry-after" in response.headers

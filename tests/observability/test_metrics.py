@@ -164,26 +164,23 @@ async def test_refresh_lock_wait_and_l2_hit_across_two_instances(
     assert refreshed.value("token_broker_fleet_instances") == 2
 
 
-async def test_store_outage_is_counted_and_shown(emulator: Emulator) -> None:
+async def test_store_outage_is_counted_and_shown(
+    emulator: Emulator, own_redis: RedisServer
+) -> None:
     """With Redis gone, store errors count up, store_up drops to 0 and /health says why."""
-    server = RedisServer().start()
-    try:
-        store = {"redis_url": server.url, "key_prefix": f"t{uuid.uuid4().hex[:10]}"}
-        settings = Settings(**broker_config(emulator, store))
-        async with serve_app(create_app(settings)) as base:
-            async with httpx.AsyncClient(base_url=base, timeout=10) as http:
-                token = assert_token(await http.get("/token", headers=orders()))["access_token"]
-                server.stop()
-                refused = await http.post("/budget/acquire", headers=orders())
-                assert_error(refused, 503, "store_unavailable")
-                body = {"access_token": token + "-not-current"}
-                kept = await http.post("/token/invalidate", json=body, headers=orders())
-                assert assert_token(kept)["access_token"] == token  # served from memory
-                metrics = await scrape(http)
-                health = (await http.get("/health")).json()
-    finally:
-        server.stop()
-        server.cleanup()
+    store = {"redis_url": own_redis.url, "key_prefix": f"t{uuid.uuid4().hex[:10]}"}
+    settings = Settings(**broker_config(emulator, store))
+    async with serve_app(create_app(settings)) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+            token = assert_token(await http.get("/token", headers=orders()))["access_token"]
+            own_redis.stop()
+            refused = await http.post("/budget/acquire", headers=orders())
+            assert_error(refused, 503, "store_unavailable")
+            body = {"access_token": token + "-not-current"}
+            kept = await http.post("/token/invalidate", json=body, headers=orders())
+            assert assert_token(kept)["access_token"] == token  # served from memory
+            metrics = await scrape(http)
+            health = (await http.get("/health")).json()
     assert metrics.value("token_broker_store_errors_total", component="budget") >= 1
     assert metrics.value("token_broker_store_errors_total", component="tokens") >= 1
     assert metrics.value("token_broker_store_up") == 0

@@ -261,14 +261,13 @@ def main() -> int:
     """Start redis-server, the emulator and 3 brokers; soak them; stop everything."""
     seconds = float(os.environ.get("SOAK_SECONDS", "600"))
     directory = Path(tempfile.mkdtemp(prefix="tb-soak-"))
-    redis = RedisServer().start()
-    try:
-        with emulator_process(directory, token_lifetime=TOKEN_LIFETIME) as emulator_url:
-            with fleet(config(emulator_url, redis), directory) as brokers:
-                out(f"soaking for {seconds:.0f} s; logs in {directory}")
-                status = asyncio.run(drive(brokers, redis, seconds))
-                upstream = httpx.get(f"{emulator_url}/_emulator/stats").json()
-                out(f"emulator: {upstream}")
-                return status
-    finally:
-        redis.cleanup()
+    with (
+        RedisServer() as redis,
+        emulator_process(directory, token_lifetime=TOKEN_LIFETIME) as emulator_url,
+        fleet(config(emulator_url, redis), directory) as brokers,
+    ):
+        out(f"soaking for {seconds:.0f} s; logs in {directory}")
+        status = asyncio.run(drive(brokers, redis, seconds))
+        upstream = httpx.get(f"{emulator_url}/_emulator/stats").json()
+        out(f"emulator: {upstream}")
+        return status

@@ -83,23 +83,23 @@ async def reserve_when_back(store: RedisStore, permit_id: str) -> Reservation:
     raise AssertionError("the store did not come back")
 
 
-async def test_window_lost_under_an_instance_that_saw_it_is_fenced(prefix: str) -> None:
+async def test_window_lost_under_an_instance_that_saw_it_is_fenced(
+    own_redis: RedisServer, prefix: str
+) -> None:
     """Redis restarted empty: the instance that granted a moment ago is fenced; a new one isn't."""
-    server = RedisServer().start()
-    store = await started(server.url, prefix)
+    store = await started(own_redis.url, prefix)
     try:
         assert (await store.reserve(WINDOW, 0, "before")).granted
-        server.stop()
-        server.start()
+        own_redis.stop()
+        own_redis.start()
         assert not (await reserve_when_back(store, "after")).granted
-        fresh = await started(server.url, f"{prefix}x")
+        fresh = await started(own_redis.url, f"{prefix}x")
         try:
             assert (await fresh.reserve(WINDOW, 0, "first")).granted
         finally:
             await fresh.close()
     finally:
         await store.close()
-        server.cleanup()
 
 
 async def test_a_reservation_the_window_lost_is_withdrawn_at_confirm(

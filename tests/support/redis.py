@@ -86,3 +86,10 @@ class RedisServer:
         """Stop and remove the data directory."""
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        """`with RedisServer() as server:` starts it, and cleans up on the way out."""
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.cleanup()
