@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,7 +106,7 @@ class Tally:
             self.errors[f"{kind} {status}"] += 1
 
 
-Worker = Callable[[httpx.AsyncClient, str], Awaitable[None]]
+Worker = Callable[[httpx.AsyncClient, str], Coroutine[Any, Any, None]]
 
 
 class Load:
