@@ -16,16 +16,19 @@ from app.api import budget, health, oauth, proxy, tokens
 from app.api import metrics as metrics_api
 from app.api.errors import install_error_handlers
 from app.auth.callers import CallerAuthenticator
+from app.budget.model import BudgetPolicy
 from app.budget.service import BudgetService
 from app.clock import SYSTEM_CLOCK, Clock
-from app.config import Settings, StoreSettings
+from app.config import BudgetSettings, Settings, StoreSettings
 from app.observability.fleet import heartbeating
 from app.observability.metrics import BrokerMetrics
 from app.observability.request_log import RequestLogMiddleware
 from app.services import Services
 from app.store.memory import MemoryStore
+from app.store.memory_budget import MemoryBudget
 from app.store.ports import Store
-from app.tokens.service import ClientPolicy, TokenService
+from app.tokens.model import ClientPolicy
+from app.tokens.service import TokenService
 from app.upstream.oauth import UpstreamTokenClient
 from app.upstream.proxy import UpstreamProxy
 
@@ -56,11 +59,25 @@ def policies_of(settings: Settings) -> dict[str, ClientPolicy]:
     }
 
 
+def budget_policy_of(settings: BudgetSettings) -> BudgetPolicy:
+    """The budget service's rules; `local_share` only when `on_store_unavailable` asks for it."""
+    local_share = None
+    if settings.on_store_unavailable == "local_share":
+        local_share = max(1, settings.limit // settings.expected_instances)
+    return BudgetPolicy(
+        limit=settings.limit,
+        window_seconds=settings.window_seconds,
+        max_wait_seconds=settings.max_wait_seconds,
+        safety_margin_seconds=settings.safety_margin_seconds,
+        local_share=local_share,
+    )
+
+
 def permit_taker(budget_service: BudgetService) -> Callable[[str], Awaitable[None]]:
     """Token requests take budget permits too (`budget.count_token_requests`)."""
 
     async def take(client: str) -> None:
-        await budget_service.acquire(client, budget_service.settings.max_wait_seconds)
+        await budget_service.acquire(client, budget_service.policy.max_wait_seconds)
 
     return take
 
@@ -83,12 +100,18 @@ async def open_services(
         async with httpx.AsyncClient(limits=HTTP_LIMITS, follow_redirects=False) as http:
             fetcher = UpstreamTokenClient(http, settings.clients, clock=clock)
             budget_service = BudgetService(
-                settings.budget, store, clock=clock, events=metrics.budget
+                budget_policy_of(settings.budget),
+                store,
+                local=MemoryBudget(clock=clock),
+                clock=clock,
+                events=metrics.budget,
             )
             token_service = TokenService(
                 policies_of(settings),
-                store,
-                store,
+                (store, store),
+                # This instance's own store while the shared one is down: its locks and holds
+                # keep in-process single flight and backoff working.
+                MemoryStore(clock=clock),
                 fetcher,
                 clock=clock,
                 take_permit=permit_taker(budget_service)

@@ -34,34 +34,23 @@ async def store_answers(services: Services) -> bool:
         return False
 
 
-def client_report(services: Services, name: str, now: float) -> dict[str, Any]:
+def client_report(services: Services, name: str) -> dict[str, Any]:
     """This instance's view of one client, with the reasons it degrades health."""
-    status = services.tokens.status(name)
-    token = status.token
-    if token is not None and token.digest in status.tombstones:
-        token = None  # invalidated: no longer what this instance would hand out
-    buffer = services.tokens.policy(name).refresh_buffer
-    if token is None:
-        state, expires_in = "missing", None
-    elif token.expires_at <= now:
-        state, expires_in = "expired", 0
-    else:
-        state, expires_in = "valid", int(token.expires_at - now)
-    in_buffer = token is not None and now >= token.serve_until(buffer)
+    report = services.tokens.report(name)
+    status = report.status
     return {
-        "token": state,
-        "expires_in": expires_in,
-        "lifetime_seconds": None if token is None else int(token.lifetime),
-        # The refresh point: the token is not handed out with less than this left.
-        "refresh_buffer_seconds": int(buffer if token is None else min(buffer, token.lifetime / 2)),
+        "token": report.token,
+        "expires_in": report.expires_in,
+        "lifetime_seconds": report.lifetime_seconds,
+        "refresh_buffer_seconds": report.refresh_buffer_seconds,
         "last_refresh_at": int(status.last_refresh_at) if status.last_refresh_at else None,
         "last_refresh_outcome": status.last_refresh_outcome,
         "last_error": status.last_error,
         "last_error_category": status.last_error_category,
         "last_error_at": int(status.last_error_at) if status.last_error_at else None,
         "requested": status.requested,
-        "_degraded": status.requested and (status.last_error is not None or in_buffer),
-        "_servable": state == "valid" or status.last_error is None,
+        "_degraded": report.degraded,
+        "_servable": report.servable,
     }
 
 
@@ -94,10 +83,10 @@ def upstream_state(clients: dict[str, dict[str, Any]]) -> str:
 
 async def budget_report(services: Services) -> dict[str, Any]:
     """The fleet budget's limit and current use (use unknown while the store is down)."""
-    settings = services.budget.settings
+    policy = services.budget.policy
     report: dict[str, Any] = {
-        "limit": settings.limit,
-        "window_seconds": settings.window_seconds,
+        "limit": policy.limit,
+        "window_seconds": policy.window_seconds,
         "used": None,
         "remaining": None,
         "cooldown_seconds": None,
@@ -107,7 +96,7 @@ async def budget_report(services: Services) -> dict[str, Any]:
     except (StoreUnavailable, TimeoutError):
         return report
     report["used"] = usage.used
-    report["remaining"] = max(0, settings.limit - usage.used)
+    report["remaining"] = max(0, policy.limit - usage.used)
     report["cooldown_seconds"] = math.ceil(usage.cooldown)
     return report
 
@@ -152,7 +141,7 @@ async def health_report(services: Services) -> dict[str, Any]:
     store_ok, budget, fleet = await asyncio.gather(
         store_answers(services), budget_report(services), fleet_report(services)
     )
-    clients = {name: client_report(services, name, now) for name in services.tokens.clients}
+    clients = {name: client_report(services, name) for name in services.tokens.clients}
     status, reasons = overall(store_ok, clients, details=details)
     upstream = upstream_state(clients)
     for report in clients.values():

@@ -225,7 +225,7 @@ async def issue_token(request: Request, services: Services, client: str | None) 
         request.state.client = name  # for the access log
         token = await services.tokens.get(name)
     except BrokerError as exc:
-        raise translate(exc, hold_seconds(services, exc.client)) from exc
+        raise translate(exc, services.tokens.hold_remaining(exc.client or "")) from exc
     now = services.clock.time()
     expires_in = max(0, int(token.expires_at - now))
     log_event(
@@ -247,13 +247,6 @@ async def issue_token(request: Request, services: Services, client: str | None) 
         "scope": SCOPE,
     }
     return Response(json.dumps(body), media_type="application/json", headers=NO_STORE)
-
-
-def hold_seconds(services: Services, client: str | None) -> float:
-    """Seconds until the broker next asks the upstream for `client`'s token (0 if unknown)."""
-    if client is None or client not in services.tokens.clients:
-        return 0.0
-    return services.tokens.status(client).hold_until - services.clock.monotonic()
 
 
 async def answer(request: Request, services: Services, client: str | None) -> Response:

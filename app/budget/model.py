@@ -34,3 +34,19 @@ class Usage:
 
     used: int
     cooldown: float
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetPolicy:
+    """The fleet budget's rules (built from `[budget]` by `app.main`)."""
+
+    limit: int = 50
+    window_seconds: float = 60.0
+    max_wait_seconds: float = 30.0
+    safety_margin_seconds: float = 1.0
+    local_share: int | None = None  # permits per window granted alone while the store is down
+
+    @property
+    def window(self) -> Window:
+        """The window the store enforces: `window_seconds` plus the safety margin."""
+        return Window(self.limit, self.window_seconds + self.safety_margin_seconds)

@@ -14,12 +14,10 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from app.budget.model import Reservation, Usage, Window
-from app.clock import SYSTEM_CLOCK, Clock
-from app.config import BudgetSettings
+from app.budget.model import BudgetPolicy, Reservation, Usage, Window
+from app.budget.ports import NO_EVENTS, BudgetEvents, BudgetStore
+from app.clock import Clock
 from app.errors import BudgetExhausted, StoreUnavailable
-from app.store.memory_budget import MemoryBudget
-from app.store.ports import BudgetStore
 
 MAX_COOLDOWN_SECONDS = 3600.0
 
@@ -65,57 +63,32 @@ def cooldown_from_report(status: int, headers: Mapping[str, str], default: float
     return default
 
 
-class BudgetEvents:
-    """Hook points for metrics: these defaults do nothing; `app.observability` counts them.
-
-    Implementations must be cheap and must not raise; the core imports no metrics library.
-    """
-
-    def granted(self, client: str, waited: float) -> None:
-        """A permit was granted after `waited` seconds (0 when one was free at once)."""
-
-    def denied(self, client: str) -> None:
-        """No permit came within the caller's wait (BudgetExhausted)."""
-
-    def cooldown(self, seconds: float) -> None:
-        """An upstream answer paused the fleet for `seconds`."""
-
-    def store_error(self) -> None:
-        """The budget store could not be reached."""
-
-
-NO_EVENTS = BudgetEvents()
-
-
 class BudgetService:
     """One budget for the whole fleet and all clients."""
 
     def __init__(
         self,
-        settings: BudgetSettings,
+        policy: BudgetPolicy,
         store: BudgetStore,
         *,
-        clock: Clock = SYSTEM_CLOCK,
+        local: BudgetStore | None,
+        clock: Clock,
         events: BudgetEvents = NO_EVENTS,
     ) -> None:
-        self.settings = settings
+        """`local` is this instance's own counter, granting `policy.local_share` per window
+        while the shared store is unreachable; None to fail closed instead."""
+        self.policy = policy
         self._events = events
-        self.window = Window(
-            settings.limit, settings.window_seconds + settings.safety_margin_seconds
-        )
+        self.window = policy.window
         self._store = store
         self._clock = clock
-        self._local: BudgetStore | None = None
-        self._local_window = self.window
-        if settings.on_store_unavailable == "local_share":
-            share = max(1, settings.limit // settings.expected_instances)
-            self._local = MemoryBudget(clock=clock)
-            self._local_window = Window(share, self.window.seconds)
+        self._local = local if policy.local_share is not None else None
+        self._local_window = Window(policy.local_share or policy.limit, self.window.seconds)
 
     async def acquire(self, client: str, wait: float) -> Grant:
         """A permit within `wait` seconds (capped at `max_wait_seconds`), else BudgetExhausted."""
         started = self._clock.monotonic()
-        deadline = started + min(max(0.0, wait), self.settings.max_wait_seconds)
+        deadline = started + min(max(0.0, wait), self.policy.max_wait_seconds)
         while True:
             store, window, reservation = await self._reserve(deadline)
             if not reservation.granted:
@@ -163,7 +136,7 @@ class BudgetService:
 
     async def report(self, status: int, headers: Mapping[str, str]) -> float | None:
         """Apply an upstream answer; returns the cooldown started, if any."""
-        seconds = cooldown_from_report(status, headers, self.settings.window_seconds)
+        seconds = cooldown_from_report(status, headers, self.policy.window_seconds)
         if seconds is None:
             return None
         self._events.cooldown(seconds)

@@ -11,16 +11,38 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Protocol
 
 from app.errors import StoreUnavailable
 from app.observability.logs import log_event
-from app.store.ports import InstanceRegistry
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL_SECONDS = 5.0
 HEARTBEAT_TTL_SECONDS = 15.0  # three missed beats
 HEARTBEAT_TIMEOUT_SECONDS = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceInfo:
+    """One broker instance that heartbeats into the store."""
+
+    instance: str
+    version: str
+    expires_in: float  # seconds until it counts as gone unless it heartbeats again
+
+
+class InstanceRegistry(Protocol):
+    """The fleet view for /health: which instances are alive, with their versions."""
+
+    async def heartbeat(self, instance: str, version: str, ttl: float) -> None:
+        """Record that `instance` (running `version`) is alive for the next `ttl` seconds."""
+        ...
+
+    async def instances(self) -> list[InstanceInfo]:
+        """The instances whose last heartbeat has not yet lapsed, sorted by name."""
+        ...
 
 
 async def heartbeat_once(

@@ -14,6 +14,7 @@ every app's registry exposes. One process serves one app in production, so that 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Generic, TypeVar
 
@@ -27,10 +28,14 @@ from prometheus_client import (
 )
 from prometheus_client.metrics import MetricWrapperBase
 
-from app.budget.service import BudgetEvents
+from app.budget.ports import BudgetEvents
 from app.clock import SYSTEM_CLOCK, Clock
+from app.observability.logs import REDACTOR, log_event
 from app.observability.recent_errors import RecentErrors
-from app.tokens.service import TokenEvents
+from app.tokens.model import Token
+from app.tokens.ports import TokenEvents
+
+log = logging.getLogger("app.tokens")  # the core's events are logged under its name
 
 PREFIX = "token_broker"
 OTHER = "other"
@@ -150,6 +155,15 @@ class BrokerMetrics:
             Counter(
                 f"{PREFIX}_refresh_lock_waits",
                 "Times this instance waited for another holder of a client's refresh lock.",
+                ["client"],
+                registry=r,
+            )
+        )
+        self.lapsed_leases = _Children(
+            Counter(
+                f"{PREFIX}_refresh_lock_lapsed",
+                "Refresh locks that lapsed before this instance released them (a refresh "
+                "slower than the lock's TTL: another instance may have refreshed too).",
                 ["client"],
                 registry=r,
             )
@@ -282,6 +296,31 @@ class TokenMetrics(TokenEvents):
         self._m.upstream_seconds(outcome).observe(seconds)
         if detail is not None:
             self._m.errors.add("upstream", client, outcome, detail)
+
+    def token_held(self, client: str, token: Token) -> None:
+        """See `TokenEvents.token_held`: the token is scrubbed from every later log line."""
+        REDACTOR.add(token.access_token, key=client, expires_at=token.expires_at)
+
+    def lease_lapsed(self, client: str) -> None:
+        """See `TokenEvents.lease_lapsed`."""
+        self._m.lapsed_leases(self._m.client_label(client)).inc()
+        log_event(log, logging.WARNING, "token.refresh_lock_lapsed", client=client)
+
+    def served_stale(self, client: str, token: Token, seconds_left: float, hold: str) -> None:
+        """See `TokenEvents.served_stale`."""
+        log_event(
+            log,
+            logging.WARNING,
+            "token.served_stale",
+            client=client,
+            token_fp=token.fingerprint,
+            seconds_left=round(seconds_left),
+            hold=hold,
+        )
+
+    def store_state(self, ok: bool) -> None:
+        """See `TokenEvents.store_state`."""
+        log_event(log, logging.INFO if ok else logging.WARNING, "store.state", ok=ok)
 
     def store_error(self) -> None:
         """See `TokenEvents.store_error`."""

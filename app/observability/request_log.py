@@ -24,14 +24,16 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.config import Settings
 from app.observability.logs import log_event, request_id
 from app.observability.metrics import BrokerMetrics
+
+if TYPE_CHECKING:  # adapters read settings; only app.main hands them over
+    from app.config import Settings
 
 log = logging.getLogger("app.http")
 

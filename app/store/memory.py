@@ -5,8 +5,8 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 
+from app.observability.fleet import InstanceInfo
 from app.store.memory_budget import MemoryBudget
-from app.store.ports import ChangeListener, InstanceInfo
 from app.tokens.model import (
     ChangeKind,
     DiscardOutcome,
@@ -18,6 +18,7 @@ from app.tokens.model import (
     TokenChange,
     TokenRecord,
 )
+from app.tokens.ports import ChangeListener
 
 
 @dataclass
@@ -108,12 +109,17 @@ class MemoryStore(MemoryBudget):
         state.lock_owner, state.lock_until = secrets.token_hex(8), now + ttl
         return Lease(client, state.lock_owner, 0.0)
 
-    async def release(self, lease: Lease) -> None:
-        """Release the lock if `lease` still owns it."""
+    async def release(self, lease: Lease) -> bool:
+        """Release the lock if `lease` still owns it; False if it had lapsed (as in Redis, where
+        the key expires: nothing is announced then)."""
         state = self._state(lease.client)
-        if lease.owner is not None and state.lock_owner == lease.owner:
-            state.lock_owner = None
-            self._announce(TokenChange(lease.client, ChangeKind.RELEASED, "-"))
+        if lease.owner is None or state.lock_owner != lease.owner:
+            return False
+        state.lock_owner = None
+        if state.lock_until <= self.clock.monotonic():
+            return False
+        self._announce(TokenChange(lease.client, ChangeKind.RELEASED, "-"))
+        return True
 
     # -- fleet view ---------------------------------------------------------------------------
 

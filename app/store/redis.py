@@ -33,16 +33,15 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.asyncio.client import PubSub
 
 from app.budget.model import Reservation, Usage, Window
 from app.clock import SYSTEM_CLOCK, Clock
-from app.config import StoreSettings
 from app.errors import StoreUnavailable
+from app.observability.fleet import InstanceInfo
 from app.observability.logs import log_event
-from app.store.ports import ChangeListener, InstanceInfo
 from app.store.redis_topology import (
     CLIENT_ERRORS,
     SENTINEL_POLL_SECONDS,
@@ -61,6 +60,10 @@ from app.tokens.model import (
     TokenRecord,
     digest,
 )
+from app.tokens.ports import ChangeListener
+
+if TYPE_CHECKING:  # adapters read settings; only app.main hands them over
+    from app.config import StoreSettings
 
 log = logging.getLogger(__name__)
 
@@ -262,15 +265,16 @@ class RedisStore:
             return Lease(client, owner)
         return Lease(client, None, max(0.0, int(raw[1]) / 1000))
 
-    async def release(self, lease: Lease) -> None:
-        """Compare-and-delete; wakes waiters."""
+    async def release(self, lease: Lease) -> bool:
+        """Compare-and-delete; wakes waiters. False when the lease had lapsed."""
         if lease.owner is None:
-            return
-        await self._run(
+            return False
+        released = await self._run(
             "release",
             [self.keys.client(lease.client, "lock")],
             [lease.owner, self.keys.changes, _message(lease.client, ChangeKind.RELEASED, "-")],
         )
+        return bool(released)
 
     # -- budget -------------------------------------------------------------------------------
 

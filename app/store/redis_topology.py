@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
@@ -32,9 +32,11 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from app.config import StoreSettings
 from app.observability.logs import log_event
 from app.store.topology import SENTINEL_SCHEME, parse_sentinel_url
+
+if TYPE_CHECKING:  # adapters read settings; only app.main hands them over
+    from app.config import StoreSettings
 
 log = logging.getLogger(__name__)
 

@@ -121,3 +121,19 @@ class TokenChange:
     client: str
     kind: ChangeKind
     digest: str  # `digest()` of the saved or discarded token; "-" for RELEASED
+
+
+@dataclass(frozen=True, slots=True)
+class ClientPolicy:
+    """How the token core treats one upstream client (built from settings by `app.main`)."""
+
+    refresh_buffer: float = 300.0
+    min_forced_interval: float = 10.0
+    upstream_timeout: float = 10.0
+    permit_wait: float = 0.0  # longest wait for a budget permit before a token request
+
+    @property
+    def lock_ttl(self) -> float:
+        """Longer than one upstream attempt (and its permit wait), so a live holder never loses
+        its lock."""
+        return self.permit_wait + self.upstream_timeout * 1.5 + 2.0
