@@ -21,9 +21,10 @@ from pydantic import SecretStr
 
 from app.clock import SYSTEM_CLOCK, Clock
 from app.config import ClientSettings
-from app.errors import UpstreamCredentialsRejected, UpstreamUnavailable
+from app.errors import UpstreamCredentialsRejected, UpstreamTimeout, UpstreamUnavailable
 from app.observability.logs import REDACTOR, log_event
 from app.tokens.model import Token
+from app.upstream.failures import translate
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,10 @@ class UpstreamTokenClient:
         started = time.perf_counter()
         try:
             response = await self._send(client, spec)
-        except httpx.TimeoutException as exc:
-            raise self._unavailable(client, started, "timeout") from exc
-        except httpx.HTTPError as exc:  # connection refused/reset, protocol errors
-            raise self._unavailable(client, started, "connection_error") from exc
+        except httpx.HTTPError as exc:
+            failure = translate(exc, "the upstream token endpoint", client)
+            reason = "timeout" if isinstance(failure, UpstreamTimeout) else "connection_error"
+            raise self._unavailable(client, started, reason) from exc
         token = self._parse(client, response, sent_at, started)
         log_event(
             log,

@@ -27,13 +27,12 @@ from app.errors import (
     RefreshThrottled,
     RequestTooLarge,
     StoreUnavailable,
-    UpstreamTimeout,
-    UpstreamUnavailable,
 )
 from app.observability.logs import log_event
 from app.observability.metrics import PROXY_CALLS, status_class
 from app.tokens.model import Token
 from app.tokens.service import TokenService
+from app.upstream.failures import translate
 
 log = logging.getLogger(__name__)
 
@@ -208,12 +207,8 @@ class UpstreamProxy:
         )
         try:
             response = await self._http.send(request, stream=True)
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(f"the upstream API did not answer in time ({client})") from exc
         except httpx.HTTPError as exc:
-            raise UpstreamUnavailable(
-                f"the upstream API could not be reached ({client})", client=client
-            ) from exc
+            raise translate(exc, "the upstream API", client) from exc
         PROXY_CALLS.labels(client, status_class(response.status_code)).inc()
         try:
             await self._budget.report(response.status_code, response.headers)
