@@ -183,7 +183,13 @@ async def live() -> JSONResponse:
 
 @router.get("/health/ready")
 async def ready(services: ServicesDep) -> JSONResponse:
-    """200 when the configuration is loaded and the store answers; 503 otherwise."""
+    """200 while this instance can serve callers: the store answers, or it holds a valid token
+    for every client it has served; 503 when it can serve nothing."""
     if await store_answers(services):
         return JSONResponse({"status": "ready"})
-    return JSONResponse({"status": "not_ready", "reason": "store unreachable"}, status_code=503)
+    if services.tokens.serves_without_store():
+        return JSONResponse({"status": "ready", "reason": "store unreachable; serving held tokens"})
+    return JSONResponse(
+        {"status": "not_ready", "reason": "store unreachable and no valid token held"},
+        status_code=503,
+    )

@@ -141,7 +141,7 @@ class FleetFlight:
         except BudgetExhausted as exc:
             return self.remember(client, self._refresher.no_permit(client, token, exc))
         except UpstreamError as exc:
-            hold = self._refresher.hold_for(client, exc)
+            hold = self._refresher.hold_for(client, exc, token)
             try:
                 await store.hold(client, hold.reason, hold.remaining)
             except StoreUnavailable:

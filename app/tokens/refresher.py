@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 30.0
+PROBE_INTERVAL_SECONDS = 1.0
+"""With no valid token to serve, the fleet asks the upstream about this often (CONTRACT.md: a
+caller gets a token within 2 s of the upstream's return)."""
 
 Obtain = Callable[[str, float], Awaitable[Token]]
 """Obtains a token of a client servable for the given seconds more, coordinating with the fleet."""
@@ -75,17 +78,28 @@ class UpstreamRefresher:
         self._status[client].fetched(token)
         return token
 
-    def hold_for(self, client: str, exc: UpstreamError) -> Hold:
-        """Record the failure and decide how long the fleet holds off the upstream."""
+    def hold_for(self, client: str, exc: UpstreamError, token: Token | None) -> Hold:
+        """Record the failure and decide how long the fleet holds off the upstream.
+
+        While `token` is still valid, the hold backs off exponentially (callers are served
+        meanwhile), but never past the token's expiry; with nothing valid to serve, callers
+        are waiting, so the upstream is probed about once a second (the fleet's refresh lock
+        makes that one request), and a caller gets a token soon after the upstream returns.
+        """
         status = self._status[client]
-        status.failed(exc, self._clock.time())
+        now = self._clock.time()
+        status.failed(exc, now)
         if isinstance(exc, UpstreamCredentialsRejected):
             return Hold(HoldReason.REJECTED, self._policies[client].min_forced_interval)
         backoff = min(
             BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (status.upstream_failures - 1)
         )
+        valid_for = 0.0 if token is None else token.expires_at - now
+        pause = min(backoff * random.uniform(0.5, 1.0), max(valid_for, PROBE_INTERVAL_SECONDS))
+        if valid_for <= 0:
+            pause = PROBE_INTERVAL_SECONDS
         retry_after = exc.retry_after if isinstance(exc, UpstreamUnavailable) else 0.0
-        return Hold(HoldReason.UNAVAILABLE, max(retry_after, backoff * random.uniform(0.5, 1.0)))
+        return Hold(HoldReason.UNAVAILABLE, max(retry_after, pause))
 
     def held(
         self, client: str, token: Token | None, hold: Hold, cause: UpstreamError | None = None

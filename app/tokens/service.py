@@ -102,6 +102,12 @@ class TokenService:
             token = None  # invalidated: no longer what this instance would hand out
         return report(status, token, self._policies[client].refresh_buffer, self._clock.time())
 
+    def serves_without_store(self) -> bool:
+        """Whether this instance holds a valid token for every client it has served (and has
+        served one): it can go on serving callers while the shared store is unreachable."""
+        served = [name for name, status in self._status.items() if status.requested]
+        return bool(served) and all(self.report(name).token == "valid" for name in served)
+
     def hold_remaining(self, client: str) -> float:
         """Seconds until this instance next asks the upstream for `client` (0 if not held)."""
         if client not in self._status:

@@ -210,15 +210,15 @@ def test_default_pods_spread_across_nodes_and_zones(default: Rendered) -> None:
 
 
 def test_default_probes_hit_live_and_ready_on_the_main_port(default: Rendered) -> None:
-    """Startup waits for /health/ready; liveness and readiness probe /health/live (a Redis
-    outage must not take every pod out of the Service); all on the plain-HTTP port."""
+    """Startup and readiness probe /health/ready (which stays 200 through a Redis outage while
+    the pod holds valid tokens), liveness /health/live; all on the plain-HTTP port."""
     container = default.container
     probes = {
         kind: container[f"{kind}Probe"]["httpGet"] for kind in ("startup", "liveness", "readiness")
     }
     assert probes["startup"]["path"] == "/health/ready"
     assert probes["liveness"]["path"] == "/health/live"
-    assert probes["readiness"]["path"] == "/health/live"
+    assert probes["readiness"]["path"] == "/health/ready"
     for probe in probes.values():
         assert probe["port"] == "http"
         assert probe.get("scheme", "HTTP") == "HTTP"
@@ -231,9 +231,9 @@ def test_default_probes_hit_live_and_ready_on_the_main_port(default: Rendered) -
 
 
 def test_probe_paths_are_values_limited_to_the_health_endpoints(render: Render) -> None:
-    """A chart user may probe readiness on /health/ready; any other path is refused."""
-    strict = render(**{"probes.paths.readiness": "/health/ready"})
-    assert strict.container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
+    """A chart user may probe readiness on /health/live; any other path is refused."""
+    loose = render(**{"probes.paths.readiness": "/health/live"})
+    assert loose.container["readinessProbe"]["httpGet"]["path"] == "/health/live"
     with pytest.raises(RenderError, match="readiness"):
         render(**{"probes.paths.readiness": "/metrics"})
 

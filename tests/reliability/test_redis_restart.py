@@ -31,7 +31,8 @@ async def test_redis_restart_under_load_keeps_tokens_flowing_and_the_fleet_recov
     emulator: Emulator, own_redis: RedisServer, tmp_path: Path, figures: dict[str, Any]
 ) -> None:
     """12 callers on 3 brokers while Redis stops for 2 s and restarts empty: no caller error,
-    every token handed out is accepted upstream, and the fleet is ready again by itself."""
+    every token handed out is accepted upstream, the fleet stays ready (it holds valid tokens)
+    and is back on the store by itself."""
     config = broker_config(emulator, {"redis_url": own_redis.url, "key_prefix": "restart"})
     statuses: Counter[int] = Counter()
     tokens: set[str] = set()
@@ -83,7 +84,7 @@ async def test_redis_restart_under_load_keeps_tokens_flowing_and_the_fleet_recov
     )
     assert statuses.keys() == {200}, statuses
     assert served_during > 100  # callers were served while Redis was down
-    assert not ready_during
+    assert ready_during  # every broker holds a valid token: it can serve without Redis
     assert recovered_after < 10
     assert all(h["store"] == {"kind": "redis", "ok": True} for h in health)
     assert set(accepted.values()) == {200}, accepted
