@@ -64,8 +64,7 @@ def cmd_new_api_key(_args: argparse.Namespace) -> int:
 
 def cmd_emulator(args: argparse.Namespace) -> int:
     """Run the upstream emulator."""
-    from app.upstream.emulator import serve_emulator
-    from app.upstream.emulator_settings import settings_from_args
+    from app.emulator import serve_emulator, settings_from_args
 
     serve_emulator(settings_from_args(args), args.host, args.port)
     return 0
@@ -81,7 +80,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    from app.upstream.emulator_settings import add_emulator_arguments
+    from app.emulator import add_emulator_arguments
 
     parser = argparse.ArgumentParser(prog="token-broker", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)

@@ -6,9 +6,9 @@ import asyncio
 
 from app.auth.callers import hash_api_key, new_api_key
 from app.config import Settings
+from app.emulator import EmulatorSettings, create_emulator_app
 from app.observability.logs import configure_logging
 from app.server import BrokerServer, Listener, uvicorn_config
-from app.upstream.emulator import EmulatorSettings, create_emulator_app
 
 DEMO_CLIENT_ID = "demo-client"
 DEMO_CLIENT_SECRET = "demo-secret"  # the emulator's demo credentials, not a real secret
