@@ -13,12 +13,12 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.auth.callers import Caller
-from app.auth.certificates import scope_identities
 from app.auth.xfcc import MalformedXfcc, is_trusted_peer, nearest_identities
 from app.errors import Unauthorized
 from app.observability.logs import log_event
 from app.services import Services
 from app.tokens.service import TokenService
+from app.transport.certificates import scope_identities
 
 log = logging.getLogger(__name__)
 

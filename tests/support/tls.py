@@ -25,7 +25,8 @@ from cryptography.x509.oid import NameOID
 
 from app.auth.callers import hash_api_key
 from app.config import Settings
-from app.server import BrokerServer
+from app.main import create_app
+from app.transport.server import BrokerServer
 from tests.conftest import API_KEYS
 from tests.support.servers import bound_socket
 
@@ -177,7 +178,7 @@ async def serve_broker(
     if with_ops:
         server_table["ops_port"] = ops_port
     settings = Settings(**{**config, "server": server_table})
-    broker = BrokerServer(settings, reload_interval=reload_interval)
+    broker = BrokerServer(settings, create_app(settings), reload_interval=reload_interval)
     task = asyncio.create_task(broker.serve(main_socket, ops_socket if with_ops else None))
     try:
         while not (broker.main.started and (broker.ops is None or broker.ops.started)):

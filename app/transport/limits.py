@@ -20,7 +20,8 @@ import json
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from app.auth.certificates import ClientCertProtocol
+from app.transport.certificates import ClientCertProtocol
+from app.transport.errors import error_body
 
 MAX_TARGET_BYTES = 16 * 1024
 MAX_HEADER_BYTES = 64 * 1024
@@ -36,7 +37,7 @@ def refusal_bytes(
     status: int, code: str, description: str, default_headers: list[tuple[bytes, bytes]]
 ) -> bytes:
     """A complete HTTP/1.1 response carrying a contract error, closing the connection."""
-    body = json.dumps({"error": code, "error_description": description}).encode()
+    body = json.dumps(error_body(code, description)).encode()
     head = [STATUS_LINE[status]]
     for name, value in default_headers:
         head += [name, b": ", value, b"\r\n"]

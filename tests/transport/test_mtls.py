@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from app.config import Settings
-from app.server import BrokerServer
+from app.transport.server import BrokerServer
 from tests.conftest import API_KEYS, Emulator, broker_config
 from tests.contract import assert_error, assert_token
 from tests.support.servers import bound_socket, free_port
