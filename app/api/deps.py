@@ -13,8 +13,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.auth.callers import Caller
-from app.auth.xfcc import MalformedXfcc, is_trusted_peer, nearest_identities
-from app.errors import Unauthorized
+from app.auth.xfcc import is_trusted_peer, nearest_identities
+from app.errors import MalformedXfcc, Unauthorized
 from app.observability.logs import log_event
 from app.services import Services
 from app.tokens.service import TokenService

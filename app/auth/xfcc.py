@@ -21,16 +21,14 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from app.errors import MalformedXfcc
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _KEY = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 _SPACE = " \t"
 _CN_TYPES = frozenset({"cn", "commonname", "2.5.4.3", "oid.2.5.4.3"})
 _HEX = frozenset("0123456789abcdefABCDEF")
-
-
-class MalformedXfcc(ValueError):
-    """The header does not follow the XFCC grammar."""
 
 
 @dataclass(frozen=True, slots=True)

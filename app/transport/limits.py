@@ -20,6 +20,7 @@ import json
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from app.errors import RequestRefused
 from app.transport.certificates import ClientCertProtocol
 from app.transport.errors import error_body
 
@@ -27,10 +28,6 @@ MAX_TARGET_BYTES = 16 * 1024
 MAX_HEADER_BYTES = 64 * 1024
 MAX_HEADER_COUNT = 200
 MAX_HEAD_BYTES = MAX_TARGET_BYTES + MAX_HEADER_BYTES + 4 * 1024  # with the framing around them
-
-
-class RequestRefused(Exception):
-    """Raised inside a parser callback; the parser error path then sends the refusal."""
 
 
 def refusal_bytes(
@@ -116,6 +113,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int, code: str, description: str) -> None:
         self._refusal = (status, code, description)
+        # Raised inside a parser callback; the parser's error path then sends the refusal.
         raise RequestRefused(description)
 
     def send_400_response(self, _msg: str) -> None:

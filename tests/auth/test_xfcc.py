@@ -12,13 +12,8 @@ import httpx
 import pytest
 import trustme
 
-from app.auth.xfcc import (
-    MalformedXfcc,
-    common_names,
-    is_trusted_peer,
-    nearest_identities,
-    parse_xfcc,
-)
+from app.auth.xfcc import common_names, is_trusted_peer, nearest_identities, parse_xfcc
+from app.errors import MalformedXfcc
 from tests.conftest import API_KEYS, Emulator, broker_config
 from tests.contract import assert_error, assert_token
 from tests.support.tls import (
