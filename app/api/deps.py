@@ -16,7 +16,6 @@ from app.auth.identity import presented_identities
 from app.auth.xfcc import XFCC_HEADER
 from app.errors import Unauthorized
 from app.services import Services
-from app.tokens.service import TokenService
 from app.transport.certificates import scope_identities
 
 
@@ -29,11 +28,6 @@ def services_of(request: Request) -> Services:
 async def get_services(request: Request) -> Services:
     """The services the lifespan built (as a dependency)."""
     return services_of(request)
-
-
-async def get_token_service(request: Request) -> TokenService:
-    """The token service."""
-    return services_of(request).tokens
 
 
 def caller_identities(request: Request) -> list[str] | None:
@@ -60,5 +54,4 @@ async def get_caller(request: Request) -> Caller:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
-TokenServiceDep = Annotated[TokenService, Depends(get_token_service)]
 CallerDep = Annotated[Caller, Depends(get_caller)]
