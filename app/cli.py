@@ -34,12 +34,13 @@ def _load(args: argparse.Namespace) -> Settings:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the broker."""
+    from app.main import create_app
     from app.observability.logs import configure_logging
-    from app.server import run
+    from app.transport.server import run
 
     settings = _load(args)
     configure_logging(settings.server.log_level)
-    run(settings)
+    run(settings, create_app(settings))
     return 0
 
 
@@ -63,9 +64,8 @@ def cmd_new_api_key(_args: argparse.Namespace) -> int:
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:
-    """Run the upstream emulator."""
-    from app.upstream.emulator import serve_emulator
-    from app.upstream.emulator_settings import settings_from_args
+    """Run the Paysera emulator."""
+    from app.emulator import serve_emulator, settings_from_args
 
     serve_emulator(settings_from_args(args), args.host, args.port)
     return 0
@@ -81,7 +81,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    from app.upstream.emulator_settings import add_emulator_arguments
+    from app.emulator import add_emulator_arguments
 
     parser = argparse.ArgumentParser(prog="token-broker", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)

@@ -6,9 +6,10 @@ import asyncio
 
 from app.auth.callers import hash_api_key, new_api_key
 from app.config import Settings
+from app.emulator import EmulatorSettings, create_emulator_app
+from app.main import create_app
 from app.observability.logs import configure_logging
-from app.server import BrokerServer, Listener, uvicorn_config
-from app.upstream.emulator import EmulatorSettings, create_emulator_app
+from app.transport.server import BrokerServer, Listener, uvicorn_config
 
 DEMO_CLIENT_ID = "demo-client"
 DEMO_CLIENT_SECRET = "demo-secret"  # the emulator's demo credentials, not a real secret
@@ -36,7 +37,7 @@ def run_demo(host: str, port: int, emulator_port: int) -> None:
     api_key = new_api_key()
     settings = demo_settings(host, port, emulator_port, api_key)
     configure_logging("info", as_json=False)
-    broker = BrokerServer(settings)
+    broker = BrokerServer(settings, create_app(settings))
     with asyncio.Runner(loop_factory=broker.main.config.get_loop_factory()) as runner:
         runner.run(serve_demo(broker, emulator_port, api_key))
 

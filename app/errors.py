@@ -8,12 +8,14 @@ place (``app/api/errors.py``).
     ├── ConfigError                        bad configuration: every problem with its key path
     ├── AuthError
     │   ├── Unauthorized                   401 unauthorized: no, unknown or conflicting credentials
-    │   └── Forbidden                      403 forbidden: caller may not use this client
+    │   ├── Forbidden                      403 forbidden: caller may not use this client
+    │   └── MalformedXfcc                  bad X-Forwarded-Client-Cert: counts as no certificate
     ├── RequestError
     │   ├── UnknownClient                  404 unknown_client
     │   ├── ClientRequired                 400 client_required
     │   ├── InvalidRequest                 400 invalid_request
-    │   └── RequestTooLarge                413 request_too_large
+    │   ├── RequestTooLarge                413 request_too_large
+    │   └── RequestRefused                 414/431/400 answered by the HTTP protocol (app/transport)
     ├── UpstreamError
     │   ├── UpstreamCredentialsRejected    502 upstream_invalid_client
     │   ├── UpstreamUnavailable            503 upstream_unavailable + Retry-After
@@ -126,3 +128,11 @@ class BudgetExhausted(RetryableError):
 
 class StoreUnavailable(RetryableError):
     """The shared store (Redis) did not answer."""
+
+
+class MalformedXfcc(AuthError):
+    """An X-Forwarded-Client-Cert header that breaks the grammar; it counts as no certificate."""
+
+
+class RequestRefused(RequestError):
+    """A request head refused inside uvicorn's parser callbacks, before the app sees it."""

@@ -12,8 +12,8 @@ import pytest
 
 from app.auth.callers import hash_api_key
 from app.config import Settings
+from app.emulator import EmulatorSettings, create_emulator_app
 from app.main import create_app
-from app.upstream.emulator import EmulatorSettings, create_emulator_app
 from tests.support.redis import RedisServer
 from tests.support.servers import serve_app
 

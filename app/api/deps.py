@@ -7,22 +7,16 @@ halved `GET /token` throughput).
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from app.auth.callers import Caller
-from app.auth.certificates import scope_identities
-from app.auth.xfcc import MalformedXfcc, is_trusted_peer, nearest_identities
+from app.auth.identity import presented_identities
+from app.auth.xfcc import XFCC_HEADER
 from app.errors import Unauthorized
-from app.observability.logs import log_event
 from app.services import Services
-from app.tokens.service import TokenService
-
-log = logging.getLogger(__name__)
-
-XFCC_HEADER = "x-forwarded-client-cert"
+from app.transport.certificates import scope_identities
 
 
 def services_of(request: Request) -> Services:
@@ -36,30 +30,14 @@ async def get_services(request: Request) -> Services:
     return services_of(request)
 
 
-async def get_token_service(request: Request) -> TokenService:
-    """The token service."""
-    return services_of(request).tokens
-
-
 def caller_identities(request: Request) -> list[str] | None:
-    """Identities of the client certificate this request presents; None when it presents none.
-
-    From a peer inside `server.xfcc_trusted_proxies` that sends X-Forwarded-Client-Cert, the
-    certificate is the one that header describes (its last element: the nearest proxy's), and a
-    malformed header counts as no certificate. From any other peer the header is ignored and
-    the certificate is the one verified in this connection's TLS handshake, if any.
-    """
-    trusted = services_of(request).settings.server.xfcc_trusted_proxies
-    values = request.headers.getlist(XFCC_HEADER)
-    peer = request.client.host if request.client is not None else None
-    if values and trusted and is_trusted_peer(peer, trusted):
-        try:
-            # Repeated header lines are one comma-separated list (RFC 9110 section 5.3).
-            return nearest_identities(",".join(values))
-        except MalformedXfcc as exc:
-            log_event(log, logging.WARNING, "auth.xfcc_malformed", peer=peer, problem=str(exc))
-            return None
-    return scope_identities(request.scope)
+    """Identities of the client certificate this request presents (`app.auth.identity` decides)."""
+    return presented_identities(
+        request.headers.getlist(XFCC_HEADER),
+        peer=request.client.host if request.client is not None else None,
+        trusted_proxies=services_of(request).settings.server.xfcc_trusted_proxies,
+        handshake_identities=scope_identities(request.scope),
+    )
 
 
 async def get_caller(request: Request) -> Caller:
@@ -76,5 +54,4 @@ async def get_caller(request: Request) -> Caller:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
-TokenServiceDep = Annotated[TokenService, Depends(get_token_service)]
 CallerDep = Annotated[Caller, Depends(get_caller)]

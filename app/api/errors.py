@@ -33,6 +33,7 @@ from app.errors import (
     UpstreamUnavailable,
 )
 from app.observability.logs import log_event
+from app.transport.errors import error_json
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +53,6 @@ ERROR_TABLE: dict[type[BrokerError], tuple[int, str]] = {
 }
 WWW_AUTHENTICATE = 'ApiKey realm="token-broker", header="X-API-Key"'
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
-
-
-def error_json(
-    status: int, code: str, description: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    """A contract error response."""
-    return JSONResponse(
-        {"error": code, "error_description": description},
-        status_code=status,
-        headers={"Cache-Control": "no-store", **(headers or {})},
-    )
 
 
 def status_and_code(exc: BrokerError) -> tuple[int, str]:

@@ -18,12 +18,13 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.deps import XFCC_HEADER, CallerDep, ServicesDep
-from app.auth.certificates import PEER_CERT
+from app.api.deps import CallerDep, ServicesDep
+from app.auth.xfcc import XFCC_HEADER
 from app.errors import BrokerError
 from app.observability.logs import log_event
 from app.services import Services
 from app.tokens.model import Token
+from app.transport.certificates import PEER_CERT
 
 router = APIRouter(tags=["tokens"])
 log = logging.getLogger(__name__)

@@ -10,27 +10,22 @@ distinguished name, RFC 4514 (`CN=orders,O=corp`, what Envoy sends) or OpenSSL's
 form (`/O=corp/CN=orders`, in Envoy's documentation). Anything else is `MalformedXfcc`: the broker
 treats such a header as no credentials, never as a partial identity.
 
-Pure functions only: whether a header is believed at all is the caller's decision
-(`is_trusted_peer`).
+Pure functions only: whether a header is believed at all is decided in `app.auth.identity`.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+from app.errors import MalformedXfcc
+
+XFCC_HEADER = "x-forwarded-client-cert"  # lower case, as ASGI and Starlette give names
 
 _KEY = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 _SPACE = " \t"
 _CN_TYPES = frozenset({"cn", "commonname", "2.5.4.3", "oid.2.5.4.3"})
 _HEX = frozenset("0123456789abcdefABCDEF")
-
-
-class MalformedXfcc(ValueError):
-    """The header does not follow the XFCC grammar."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,22 +183,3 @@ def _unescape_rfc4514(value: str) -> str:
         return out.decode()
     except UnicodeDecodeError:
         raise MalformedXfcc("a Subject value is not UTF-8") from None
-
-
-def is_trusted_peer(host: str | None, networks: Iterable[Network]) -> bool:
-    """Whether the direct peer address lies in one of `networks` (IPv4-mapped IPv6 counts)."""
-    if host is None:
-        return False
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False  # a unix socket path or a name: never a trusted proxy
-    candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [address]
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        candidates.append(address.ipv4_mapped)
-    return any(
-        candidate in network
-        for network in networks
-        for candidate in candidates
-        if candidate.version == network.version
-    )

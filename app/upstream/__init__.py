@@ -1,1 +1,1 @@
-"""The Paysera side: the upstream OAuth client and a local emulator of the Paysera API."""
+"""The Paysera side: the OAuth client-credentials client (`oauth`) and the proxy (`proxy`)."""

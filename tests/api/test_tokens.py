@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from app.auth.callers import hash_api_key
-from app.upstream.emulator_settings import FAILURE_MODES
+from app.emulator import FAILURE_MODES
 from tests.conftest import API_KEYS, EMULATOR_SECRET, BrokerFactory, Emulator, broker_config
 from tests.contract import assert_error, assert_token, billing, orders, retry_after
 

@@ -1,8 +1,9 @@
 """The baseline: a bare FastAPI endpoint that checks one header and returns a constant body.
 
-Served by uvicorn with the broker's settings (`app.server.uvicorn_config`: uvloop, httptools,
-no access log, no server header). The body is the broker's own `GET /token` answer, read from
-`BENCH_BARE_BODY`, so both send the same bytes; the key to accept comes from `BENCH_BARE_KEY`.
+Served by uvicorn with the broker's settings (`app.transport.server.uvicorn_config`: uvloop,
+httptools, no access log, no server header). The body is the broker's own `GET /token` answer,
+read from `BENCH_BARE_BODY`, so both send the same bytes; the key to accept comes from
+`BENCH_BARE_KEY`.
 Run as `python -m tests.benchmarks.bare --port P`.
 """
 
@@ -37,7 +38,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     app = create_bare_app(os.environ["BENCH_BARE_KEY"], json.loads(os.environ["BENCH_BARE_BODY"]))
-    # The same options as app.server.uvicorn_config, which needs a broker Settings object.
+    # The same options as app.transport.server.uvicorn_config, which needs a broker Settings.
     uvicorn.run(
         app,
         host="127.0.0.1",

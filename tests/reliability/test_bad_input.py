@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from app.http_limits import MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_TARGET_BYTES
+from app.transport.limits import MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_TARGET_BYTES
 from tests.conftest import API_KEYS
 from tests.reliability.live import LiveBroker, live_broker
 

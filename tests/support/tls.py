@@ -25,8 +25,9 @@ from cryptography.x509.oid import NameOID
 
 from app.auth.callers import hash_api_key
 from app.config import Settings
-from app.server import BrokerServer
-from tests.conftest import API_KEYS
+from app.main import create_app
+from app.transport.server import BrokerServer
+from tests.conftest import API_KEYS, Emulator, broker_config
 from tests.support.servers import bound_socket
 
 LOOPBACK = "127.0.0.1"
@@ -177,7 +178,7 @@ async def serve_broker(
     if with_ops:
         server_table["ops_port"] = ops_port
     settings = Settings(**{**config, "server": server_table})
-    broker = BrokerServer(settings, reload_interval=reload_interval)
+    broker = BrokerServer(settings, create_app(settings), reload_interval=reload_interval)
     task = asyncio.create_task(broker.serve(main_socket, ops_socket if with_ops else None))
     try:
         while not (broker.main.started and (broker.ops is None or broker.ops.started)):
@@ -190,3 +191,34 @@ async def serve_broker(
         broker.stop()
         await task
         ops_socket.close()
+
+
+@dataclass
+class Pki:
+    """The CAs, the broker's TLS files and the client certificates of one test."""
+
+    server_ca: trustme.CA
+    client_ca: trustme.CA
+    files: ServerFiles
+    directory: Path
+
+    def client(self, name: str, *, ca: trustme.CA | None = None, **names: Any) -> Path:
+        """A client key + certificate signed by the client CA (or `ca`) with the given names."""
+        return issue_client_cert(ca or self.client_ca, self.directory / f"{name}.pem", **names)
+
+    def http(self, base_url: str, cert: Path | None = None, **kwargs: Any) -> httpx.AsyncClient:
+        """An HTTPS client trusting the broker, presenting `cert` when given."""
+        return httpx.AsyncClient(
+            base_url=base_url, verify=client_context(self.server_ca, cert), timeout=5, **kwargs
+        )
+
+
+def mtls_config(emulator: Emulator, pki: Pki, *, required: bool = True) -> dict[str, Any]:
+    """The shared test config over HTTPS, verifying client certificates."""
+    server = {
+        "tls_cert_file": str(pki.files.cert),
+        "tls_key_file": str(pki.files.key),
+        "tls_client_ca_file": str(pki.files.client_ca),
+        "tls_client_cert_required": required,
+    }
+    return broker_config(emulator, {}, server=server, callers=CALLERS)

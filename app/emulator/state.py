@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
-from app.upstream.emulator_settings import EmulatorSettings
+from app.emulator.settings import EmulatorSettings
 
 logger = logging.getLogger(__name__)
 

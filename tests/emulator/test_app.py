@@ -1,221 +1,35 @@
-"""The Paysera emulator over real HTTP: token endpoint, integration API, failure modes, control."""
+"""The emulator's app over real HTTP: integration API, rate limit, echo, blob, control, serving."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import base64
 import hashlib
 import signal
-import ssl
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from functools import cache
+from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import quote_plus
 
 import httpx
-import pytest
 
-from app.upstream.emulator import (
-    EmulatorSettings,
-    add_emulator_arguments,
-    create_emulator_app,
-    settings_from_args,
+from app.emulator import EmulatorSettings
+from tests.emulator.support import (
+    API,
+    FORM,
+    METHODS_PATH,
+    TOKEN_PATH,
+    FakeClock,
+    bearer,
+    client_tls,
+    emulator,
+    get_token,
+    stats,
 )
-from tests.support.servers import free_port, serve_app
+from tests.support.servers import free_port
 
-TOKEN_PATH = "/auth/realms/Paysera/protocol/openid-connect/token"
-API = "/checkout-project/integration/v1"
-METHODS_PATH = f"{API}/methods"
-FORM = {
-    "grant_type": "client_credentials",
-    "client_id": "demo-client",
-    "client_secret": "demo-secret",
-}
 RATE_HEADERS = ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset")
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-class FakeClock:
-    """A monotonic clock that only moves when told to."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@cache
-def client_tls() -> ssl.SSLContext:
-    """One client TLS context for the module: building one per client costs ~50 ms."""
-    return ssl.create_default_context()
-
-
-@asynccontextmanager
-async def emulator(
-    settings: EmulatorSettings | None = None, clock: Callable[[], float] = time.monotonic
-) -> AsyncIterator[httpx.AsyncClient]:
-    """Serve an emulator on loopback and yield a client pointed at it."""
-    app = create_emulator_app(settings, clock=clock)
-    async with (
-        serve_app(app) as base,
-        httpx.AsyncClient(base_url=base, verify=client_tls()) as client,
-    ):
-        yield client
-
-
-async def get_token(client: httpx.AsyncClient) -> str:
-    response = await client.post(TOKEN_PATH, data=FORM)
-    assert response.status_code == 200, response.text
-    token = response.json()["access_token"]
-    assert isinstance(token, str)
-    return token
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def basic(client_id: str, secret: str) -> dict[str, str]:
-    pair = f"{quote_plus(client_id, safe='')}:{quote_plus(secret, safe='')}"
-    return {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode()}
-
-
-async def stats(client: httpx.AsyncClient) -> dict[str, int]:
-    response = await client.get("/_emulator/stats")
-    assert response.status_code == 200
-    result: dict[str, int] = response.json()
-    return result
-
-
-# --- token endpoint ---------------------------------------------------------------------------
-
-
-async def test_form_auth_returns_the_guides_token_shape() -> None:
-    """Form client credentials get 200 with exactly the guide's JSON fields and no-store."""
-    async with emulator() as client:
-        response = await client.post(TOKEN_PATH, data=FORM)
-    assert response.status_code == 200
-    assert response.headers["cache-control"] == "no-store"
-    body = response.json()
-    assert set(body) == {
-        "access_token",
-        "expires_in",
-        "refresh_expires_in",
-        "token_type",
-        "not-before-policy",
-        "scope",
-    }
-    assert body["access_token"].startswith("emu_") and len(body["access_token"]) > 40
-    assert body["expires_in"] == 3600
-    assert body["refresh_expires_in"] == 0
-    assert body["token_type"] == "Bearer"
-    assert body["not-before-policy"] == 0
-    assert body["scope"] == "profile email"
-
-
-async def test_each_token_is_fresh() -> None:
-    """Two token requests get two different opaque tokens."""
-    async with emulator() as client:
-        assert await get_token(client) != await get_token(client)
-
-
-async def test_basic_auth_url_decodes_special_characters() -> None:
-    """HTTP Basic credentials are form-urlencoded per RFC 6749 §2.3.1 and decoded before use."""
-    secret = "p@ss:w/rd+ %&=é"
-    settings = EmulatorSettings(clients={"shop client": secret})
-    grant = {"grant_type": "client_credentials"}
-    async with emulator(settings) as client:
-        good = await client.post(TOKEN_PATH, data=grant, headers=basic("shop client", secret))
-        raw_pair = base64.b64encode(f"shop client:{secret}".encode()).decode()
-        raw = await client.post(
-            TOKEN_PATH, data=grant, headers={"Authorization": f"Basic {raw_pair}"}
-        )
-    assert good.status_code == 200
-    assert good.json()["access_token"].startswith("emu_")
-    # Unencoded, "+" decodes to a space and "%&=" is not a valid escape: not the same secret.
-    assert raw.status_code == 401
-    assert raw.headers["www-authenticate"].startswith("Basic")
-
-
-# One server for many stateless cases: each server start and stop costs ~0.2 s.
-BAD_CREDENTIALS = {
-    "bad-secret": ({**FORM, "client_secret": "wrong"}, {}),
-    "unknown-client": ({**FORM, "client_id": "nobody"}, {}),
-    "no-credentials": ({"grant_type": "client_credentials"}, {}),
-    "basic-bad-secret": ({"grant_type": "client_credentials"}, basic("demo-client", "wrong")),
-    "basic-garbled": ({"grant_type": "client_credentials"}, {"Authorization": "Basic !!x!!"}),
-}
-
-
-async def test_bad_credentials_are_invalid_client() -> None:
-    """Wrong, unknown, missing or garbled client credentials get 401 invalid_client."""
-    async with emulator() as client:
-        for case, (form, headers) in BAD_CREDENTIALS.items():
-            response = await client.post(TOKEN_PATH, data=form, headers=headers)
-            assert response.status_code == 401, case
-            assert response.json() == {
-                "error": "invalid_client",
-                "error_description": "Invalid client credentials",
-            }, case
-            assert "demo-secret" not in response.text, case
-
-
-async def test_wrong_or_missing_grant_type_is_400() -> None:
-    """A grant other than client_credentials, or none, gets 400 with the RFC 6749 error code."""
-    credentials = {k: v for k, v in FORM.items() if k != "grant_type"}
-    cases = [
-        ({**credentials, "grant_type": "password"}, "unsupported_grant_type"),
-        ({**credentials, "grant_type": ""}, "invalid_request"),
-        (credentials, "invalid_request"),
-    ]
-    async with emulator() as client:
-        for form, error in cases:
-            response = await client.post(TOKEN_PATH, data=form)
-            assert (response.status_code, response.json()["error"]) == (400, error), form
-
-
-async def test_non_form_body_and_double_authentication_are_invalid_request() -> None:
-    """A JSON body, or Basic auth plus a form secret, get 400 invalid_request."""
-    async with emulator() as client:
-        as_json = await client.post(TOKEN_PATH, json=FORM)
-        both = await client.post(TOKEN_PATH, data=FORM, headers=basic("demo-client", "demo-secret"))
-    assert (as_json.status_code, as_json.json()["error"]) == (400, "invalid_request")
-    assert (both.status_code, both.json()["error"]) == (400, "invalid_request")
-
-
-async def test_token_latency_delays_the_answer() -> None:
-    """With token_latency set, the token endpoint answers no sooner than that."""
-    async with emulator(EmulatorSettings(token_latency=0.2)) as client:
-        started = time.monotonic()
-        await get_token(client)
-    assert time.monotonic() - started >= 0.2
-
-
-async def test_concurrent_token_requests_are_counted_on_arrival() -> None:
-    """Slow concurrent token requests all show in token_requests before any is answered."""
-    async with emulator(EmulatorSettings(token_latency=0.4)) as client:
-        pending = [asyncio.create_task(client.post(TOKEN_PATH, data=FORM)) for _ in range(8)]
-        await asyncio.sleep(0.2)
-        during = await stats(client)
-        responses = await asyncio.gather(*pending)
-        after = await stats(client)
-    assert (during["token_requests"], during["tokens_issued"]) == (8, 0)
-    assert [r.status_code for r in responses] == [200] * 8
-    assert (after["token_requests"], after["tokens_issued"]) == (8, 8)
 
 
 # --- integration API: authentication ----------------------------------------------------------
@@ -369,80 +183,6 @@ async def test_every_integration_response_carries_rate_limit_headers() -> None:
     assert "retry-after" in responses[-1].headers
 
 
-# --- failure modes ----------------------------------------------------------------------------
-
-
-def _is_not_json(response: httpx.Response) -> bool:
-    try:
-        response.json()
-    except ValueError:
-        return True
-    return False
-
-
-@pytest.mark.parametrize(
-    ("mode", "status", "check"),
-    [
-        ("unavailable", 503, lambda r: r.json()["error"] == "temporarily_unavailable"),
-        ("garbage", 200, _is_not_json),
-        ("html", 500, lambda r: r.headers["content-type"].startswith("text/html")),
-        ("no_token", 200, lambda r: "access_token" not in r.json() and "expires_in" in r.json()),
-        ("zero_expiry", 200, lambda r: r.json()["expires_in"] == 0),
-        ("huge_expiry", 200, lambda r: r.json()["expires_in"] == 10**9),
-    ],
-)
-async def test_failure_mode_answers_like_a_broken_upstream(
-    mode: str, status: int, check: Callable[[httpx.Response], bool]
-) -> None:
-    """Each answering failure mode gives the token endpoint's client the broken answer it names."""
-    async with emulator(EmulatorSettings(failure_mode=mode)) as client:
-        response = await client.post(TOKEN_PATH, data=FORM)
-    assert response.status_code == status
-    assert check(response)
-
-
-async def test_zero_expiry_token_is_already_expired() -> None:
-    """A token issued with expires_in 0 is refused by the integration API as expired."""
-    async with emulator(EmulatorSettings(failure_mode="zero_expiry")) as client:
-        response = await client.get(METHODS_PATH, headers=bearer(await get_token(client)))
-    assert response.status_code == 401
-    assert response.json()["error_description"] == "Token is expired"
-
-
-async def test_reset_mode_drops_the_connection_without_a_response() -> None:
-    """In reset mode the client gets a transport error, and the server keeps serving after."""
-    async with emulator(EmulatorSettings(failure_mode="reset")) as client:
-        with pytest.raises(httpx.TransportError) as caught:
-            await client.post(TOKEN_PATH, data=FORM)
-        await client.post("/_emulator/config", json={"failure_mode": "none"})
-        recovered = await client.post(TOKEN_PATH, data=FORM)
-        counted = await stats(client)
-    assert not isinstance(caught.value, httpx.TimeoutException)
-    assert recovered.status_code == 200
-    assert counted["token_requests"] == 2
-
-
-async def test_hang_mode_never_answers_and_lets_go_when_the_client_does() -> None:
-    """In hang mode a 0.3 s client timeout fires, and the abandoned request ends with the client."""
-    started = time.monotonic()
-    async with emulator(EmulatorSettings(failure_mode="hang")) as client:
-        with pytest.raises(httpx.ReadTimeout):
-            await client.post(TOKEN_PATH, data=FORM, timeout=0.3)
-        counted = await stats(client)
-    # serve_app waits for in-flight requests: an hour, had the handler missed the disconnect.
-    assert time.monotonic() - started < 3
-    assert (counted["token_requests"], counted["tokens_issued"]) == (1, 0)
-
-
-async def test_failure_modes_leave_the_integration_api_alone() -> None:
-    """A token endpoint failure mode does not affect the integration API."""
-    async with emulator() as client:
-        token = await get_token(client)
-        await client.post("/_emulator/config", json={"failure_mode": "unavailable"})
-        response = await client.get(METHODS_PATH, headers=bearer(token))
-    assert response.status_code == 200
-
-
 # --- echo and blob ----------------------------------------------------------------------------
 
 
@@ -588,83 +328,6 @@ async def test_reset_zeroes_counters_windows_and_tokens(clock: FakeClock) -> Non
     assert forgotten.json()["error_description"] == "Token is not active"
 
 
-# --- settings ---------------------------------------------------------------------------------
-
-
-def test_from_env_reads_every_variable() -> None:
-    """EMULATOR_* variables set every setting; empty ones fall back to the defaults."""
-    settings = EmulatorSettings.from_env(
-        {
-            "EMULATOR_CLIENTS": "a:one, b:two:with:colons",
-            "EMULATOR_TOKEN_LIFETIME": "90.5",
-            "EMULATOR_TOKEN_LATENCY": "0.25",
-            "EMULATOR_FAILURE_MODE": "hang",
-            "EMULATOR_RATE_LIMIT": "7",
-            "EMULATOR_RATE_WINDOW": "",
-        }
-    )
-    assert settings.clients == {"a": "one", "b": "two:with:colons"}
-    assert (settings.token_lifetime, settings.token_latency) == (90.5, 0.25)
-    assert (settings.failure_mode, settings.rate_limit, settings.rate_window) == ("hang", 7, 60.0)
-    assert EmulatorSettings.from_env({}) == EmulatorSettings()
-
-
-@pytest.mark.parametrize(
-    ("variable", "value"),
-    [
-        ("EMULATOR_CLIENTS", "just-a-s3cret"),
-        ("EMULATOR_CLIENTS", "a:s3cret,b:"),
-        ("EMULATOR_TOKEN_LIFETIME", "0"),
-        ("EMULATOR_TOKEN_LATENCY", "-1"),
-        ("EMULATOR_FAILURE_MODE", "explode"),
-        ("EMULATOR_RATE_LIMIT", "2.5"),
-        ("EMULATOR_RATE_WINDOW", "nan"),
-    ],
-)
-def test_from_env_error_names_the_variable(variable: str, value: str) -> None:
-    """An invalid EMULATOR_* value raises ValueError naming the variable, never the secret."""
-    with pytest.raises(ValueError, match=variable) as caught:
-        EmulatorSettings.from_env({variable: value})
-    assert "s3cret" not in str(caught.value)
-
-
-def test_settings_repr_hides_secrets() -> None:
-    """The settings' repr, which may end up in a log, shows no client secret."""
-    assert "demo-secret" not in repr(EmulatorSettings())
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="token-broker emulator")
-    add_emulator_arguments(parser)
-    return parser
-
-
-def test_flags_override_env_which_overrides_defaults() -> None:
-    """settings_from_args takes flags first, then EMULATOR_* variables, then the defaults."""
-    args = _parser().parse_args(["--token-lifetime", "5", "--failure-mode", "html"])
-    env = {"EMULATOR_TOKEN_LIFETIME": "100", "EMULATOR_RATE_LIMIT": "7"}
-    settings = settings_from_args(args, env)
-    assert (settings.token_lifetime, settings.failure_mode) == (5.0, "html")
-    assert settings.rate_limit == 7
-    assert (settings.rate_window, settings.clients) == (60.0, {"demo-client": "demo-secret"})
-
-
-@pytest.mark.parametrize(
-    ("argv", "flag"),
-    [(["--token-lifetime", "-3"], "--token-lifetime"), (["--clients", "s3cret"], "--clients")],
-)
-def test_bad_flag_is_a_usage_error_naming_the_flag(
-    argv: list[str], flag: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """An invalid flag value exits with a usage error that names the flag and hides secrets."""
-    with pytest.raises(SystemExit) as caught:
-        _parser().parse_args(argv)
-    err = capsys.readouterr().err
-    assert caught.value.code == 2
-    assert flag in err
-    assert "s3cret" not in err
-
-
 # --- serve_emulator ---------------------------------------------------------------------------
 
 
@@ -672,7 +335,7 @@ async def test_serve_emulator_serves_and_stops_despite_a_hanging_request() -> No
     """serve_emulator serves tokens; SIGINT stops it at once, answering a hung request 503."""
     port = free_port()
     code = (
-        "from app.upstream.emulator import EmulatorSettings, serve_emulator; "
+        "from app.emulator import EmulatorSettings, serve_emulator; "
         f"serve_emulator(EmulatorSettings.from_env(), '127.0.0.1', {port})"
     )
     env = {"EMULATOR_CLIENTS": "demo-client:demo-secret", "PATH": "/usr/bin:/bin"}

@@ -1,7 +1,7 @@
 """Run the broker under uvicorn (uvloop + httptools): the main listener and the ops listener.
 
 Both listeners refuse oversized or malformed request heads with contract JSON
-(`app.http_limits`), and API request bodies over `MAX_API_BODY_BYTES` with 413.
+(`app.transport.limits`), and API request bodies over `MAX_API_BODY_BYTES` with 413.
 
 One process, one event loop, one app, one set of services:
 
@@ -13,8 +13,10 @@ One process, one event loop, one app, one set of services:
   path check: `/health*` and `/metrics` only, so kubelet probes and Prometheus work when the
   main port requires a client certificate.
 
-`BrokerServer` runs the app's lifespan itself, once, and hands its state (the `Services`) to
-the requests of both listeners, which run no lifespan of their own. SIGTERM/SIGINT stops both
+`BrokerServer` serves the app it is given (the composition root, `app.main.create_app`, builds
+it; the CLI and the demo pass it in, so this package imports neither `app.main` nor `app.api`).
+It runs the app's lifespan itself, once, and hands its state (the `Services`) to the requests of
+both listeners, which run no lifespan of their own. SIGTERM/SIGINT stops both
 listeners together; the lifespan (closing the store and the HTTP client) ends only after every
 request either of them accepted has finished. A second signal stops without waiting.
 """
@@ -34,12 +36,11 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.errors import error_json
 from app.config import Settings
-from app.http_limits import LimitedClientCertProtocol, LimitedHttpToolsProtocol
-from app.main import create_app
 from app.observability.logs import log_event
-from app.tls import RELOAD_INTERVAL_SECONDS, ReloadingTlsContext
+from app.transport.errors import error_json
+from app.transport.limits import LimitedClientCertProtocol, LimitedHttpToolsProtocol
+from app.transport.tls import RELOAD_INTERVAL_SECONDS, ReloadingTlsContext
 
 log = logging.getLogger(__name__)
 
@@ -147,13 +148,13 @@ class BrokerServer:
     def __init__(
         self,
         settings: Settings,
+        app: Starlette,
         *,
-        app: Starlette | None = None,
         reload_interval: float = RELOAD_INTERVAL_SECONDS,
     ) -> None:
         server = settings.server
         self.settings = settings
-        self.app = app if app is not None else create_app(settings)
+        self.app = app
         # Built now so that unreadable or mismatched certificate files fail start-up.
         self.tls = ReloadingTlsContext(server) if server.tls_enabled else None
         self.reload_interval = reload_interval
@@ -293,8 +294,8 @@ async def _start(listener: Listener, sock: socket.socket | None) -> asyncio.Task
     return task
 
 
-def run(settings: Settings) -> None:
-    """Serve until SIGTERM/SIGINT; in-flight requests on both listeners drain first."""
-    broker = BrokerServer(settings)
+def run(settings: Settings, app: Starlette) -> None:
+    """Serve `app` until SIGTERM/SIGINT; in-flight requests on both listeners drain first."""
+    broker = BrokerServer(settings, app)
     with asyncio.Runner(loop_factory=broker.main.config.get_loop_factory()) as runner:
         runner.run(broker.serve(handle_signals=True))

@@ -3,7 +3,7 @@
 Upstream endpoints (as in ``shared/upstream/paysera-checkout-auth.txt``):
 
 ``POST /auth/realms/Paysera/protocol/openid-connect/token``
-    OAuth2 client credentials, form fields or HTTP Basic; see `app.upstream.emulator_token`.
+    OAuth2 client credentials, form fields or HTTP Basic; see `app.emulator.token`.
 ``GET /checkout-project/integration/v1/methods``
     Bearer auth; a small list of payment methods.
 ``ANY /checkout-project/integration/v1/echo``
@@ -63,25 +63,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from app.upstream.emulator_settings import (
-    FAILURE_MODES,
-    EmulatorSettings,
-    add_emulator_arguments,
-    settings_from_args,
-)
-from app.upstream.emulator_state import EmulatorState
-from app.upstream.emulator_token import TRANSPORT_SCOPE_KEY, token_endpoint
-
-__all__ = [
-    "FAILURE_MODES",
-    "EmulatorApp",
-    "EmulatorSettings",
-    "EmulatorState",
-    "add_emulator_arguments",
-    "create_emulator_app",
-    "serve_emulator",
-    "settings_from_args",
-]
+from app.emulator.settings import EmulatorSettings
+from app.emulator.state import EmulatorState
+from app.emulator.token import TRANSPORT_SCOPE_KEY, token_endpoint
 
 TOKEN_PATH = "/auth/realms/Paysera/protocol/openid-connect/token"
 API_PREFIX = "/checkout-project/integration/v1"

@@ -20,7 +20,9 @@ import json
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from app.auth.certificates import ClientCertProtocol
+from app.errors import RequestRefused
+from app.transport.certificates import ClientCertProtocol
+from app.transport.errors import error_body
 
 MAX_TARGET_BYTES = 16 * 1024
 MAX_HEADER_BYTES = 64 * 1024
@@ -28,15 +30,11 @@ MAX_HEADER_COUNT = 200
 MAX_HEAD_BYTES = MAX_TARGET_BYTES + MAX_HEADER_BYTES + 4 * 1024  # with the framing around them
 
 
-class RequestRefused(Exception):
-    """Raised inside a parser callback; the parser error path then sends the refusal."""
-
-
 def refusal_bytes(
     status: int, code: str, description: str, default_headers: list[tuple[bytes, bytes]]
 ) -> bytes:
     """A complete HTTP/1.1 response carrying a contract error, closing the connection."""
-    body = json.dumps({"error": code, "error_description": description}).encode()
+    body = json.dumps(error_body(code, description)).encode()
     head = [STATUS_LINE[status]]
     for name, value in default_headers:
         head += [name, b": ", value, b"\r\n"]
@@ -115,6 +113,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int, code: str, description: str) -> None:
         self._refusal = (status, code, description)
+        # Raised inside a parser callback; the parser's error path then sends the refusal.
         raise RequestRefused(description)
 
     def send_400_response(self, _msg: str) -> None:

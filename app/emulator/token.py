@@ -26,10 +26,10 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from app.upstream.emulator_state import EmulatorState
+from app.emulator.state import EmulatorState
 
 # The ASGI scope key under which the app records the server's raw transport, for `reset`.
-TRANSPORT_SCOPE_KEY = "app.upstream.emulator.transport"
+TRANSPORT_SCOPE_KEY = "app.emulator.transport"
 HANG_SECONDS = 3600.0
 HUGE_EXPIRES_IN = 10**9
 _MAX_FORM_BYTES = 64 * 1024

@@ -1,0 +1,123 @@
+"""BrokerServer: the ops listener beside an mTLS main listener; `serve` as a process and SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import trustme
+
+from tests.conftest import API_KEYS, Emulator, broker_config
+from tests.contract import assert_error, assert_token
+from tests.support.servers import free_port
+from tests.support.tls import (
+    CALLERS,
+    LOOPBACK,
+    Pki,
+    client_context,
+    issue_client_cert,
+    mtls_config,
+    plain_http,
+    serve_broker,
+    server_files,
+)
+from tests.tomlfile import write_toml
+
+
+async def test_ops_port_serves_only_health_and_metrics_over_plain_http(
+    emulator: Emulator, pki: Pki
+) -> None:
+    """With client certificates required, ops_port answers /health* and /metrics, 404 otherwise."""
+    cert = pki.client("orders", common_name="orders")
+    async with (
+        serve_broker(mtls_config(emulator, pki)) as broker,
+        pki.http(broker.url, cert) as main,
+        plain_http(broker.ops_url) as ops,
+    ):
+        assert (await ops.get("/health/ready")).json() == {"status": "ready"}
+        assert (await ops.get("/health/live")).status_code == 200
+        ops_health = (await ops.get("/health")).json()
+        main_health = (await main.get("/health")).json()
+        ops_metrics, main_metrics = await ops.get("/metrics"), await main.get("/metrics")
+        refused = [
+            await ops.get("/token", params={"client": "checkout"}, headers=_orders_key()),
+            await ops.post("/token/invalidate", json={}, headers=_orders_key()),
+            await ops.post("/budget/acquire", params={"client": "checkout"}),
+            await ops.get("/openapi.json"),
+            await ops.get("/healthz"),
+        ]
+        assert_token(await main.get("/token", params={"client": "checkout"}))
+    # One process, one set of services: both listeners report the same instance.
+    assert ops_health["instance"] == main_health["instance"]
+    assert ops_metrics.status_code == main_metrics.status_code == 200
+    assert ops_metrics.headers["content-type"].startswith("text/plain")
+    assert "# TYPE " in ops_metrics.text
+    for response in refused:
+        assert_error(response, 404, "not_found")
+
+
+def _orders_key() -> dict[str, str]:
+    return {"X-API-Key": API_KEYS["orders"]}
+
+
+async def test_serve_process_uses_mtls_ops_port_and_stops_on_sigterm(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """`token-broker serve` (uvloop) takes certificates, serves ops, and exits 0 on SIGTERM."""
+    server_ca, client_ca = trustme.CA(), trustme.CA()
+    files = server_files(tmp_path, server_ca, client_ca)
+    cert = issue_client_cert(client_ca, tmp_path / "orders.pem", common_name="orders")
+    port, ops_port = free_port(), free_port()
+    server = {
+        "tls_cert_file": str(files.cert),
+        "tls_key_file": str(files.key),
+        "tls_client_ca_file": str(files.client_ca),
+        "ops_port": ops_port,
+    }
+    config_path = write_toml(
+        tmp_path / "broker.toml", broker_config(emulator, {}, server=server, callers=CALLERS)
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKEN_BROKER_")}
+    command = [sys.executable, "-m", "app", "serve", "--config", str(config_path)]
+    log_path = tmp_path / "broker.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [*command, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+    try:
+        async with plain_http(f"http://{LOOPBACK}:{ops_port}") as ops:
+            await _wait_live(ops, process, log_path)
+            async with httpx.AsyncClient(verify=client_context(server_ca, cert), timeout=5) as http:
+                assert_token(await http.get(f"https://{LOOPBACK}:{port}/token"))
+            assert_error(await ops.get("/token"), 404, "not_found")
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(process.wait, 15) == 0, log_path.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=5)
+    async with plain_http(f"http://{LOOPBACK}") as http:
+        for closed in (port, ops_port):
+            with pytest.raises(httpx.ConnectError):
+                await http.get(f"http://{LOOPBACK}:{closed}/health/live")
+
+
+async def _wait_live(ops: httpx.AsyncClient, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the broker exited:\n{log.read_text()}")
+        try:
+            if (await ops.get("/health/live")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the broker never answered on its ops port:\n{log.read_text()}")
