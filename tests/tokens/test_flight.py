@@ -13,7 +13,7 @@ from app.tokens.flight import FleetFlight
 from app.tokens.l1 import L1Cache
 from app.tokens.model import ClientPolicy, HoldReason
 from app.tokens.ports import RefreshLock, TokenStore
-from app.tokens.refresher import UpstreamRefresher
+from app.tokens.refresher import PROBE_INTERVAL_SECONDS, UpstreamRefresher
 from app.tokens.status import ClientStatus
 from app.tokens.store_state import StoreState
 from tests.support.clock import FakeClock
@@ -186,6 +186,23 @@ async def test_an_upstream_failure_holds_the_fleet_off_the_upstream(
     with pytest.raises(UpstreamUnavailable):
         await fl.flight.join(CLIENT)
     assert fl.fetcher.calls == 1
+
+
+async def test_with_no_valid_token_the_upstream_is_asked_again_after_the_probe_interval(
+    fl: Flight,
+) -> None:
+    """After a failure with nothing valid to serve, callers are refused for the 1 s probe
+    interval only, then the next one fetches (the upstream is back)."""
+    fl.fetcher.error = UpstreamUnavailable("down (test)", client=CLIENT, retry_after=0.0)
+    with pytest.raises(UpstreamUnavailable):
+        await fl.flight.join(CLIENT)
+    fl.clock.advance(PROBE_INTERVAL_SECONDS - 0.01)
+    with pytest.raises(UpstreamUnavailable):
+        await fl.flight.join(CLIENT)
+    assert fl.fetcher.calls == 1
+    fl.fetcher.error = None
+    fl.clock.advance(0.01)
+    assert (await fl.flight.join(CLIENT)).access_token == f"token-{CLIENT}-2"
 
 
 async def test_a_hold_the_shared_store_cannot_take_is_kept_locally(clock: FakeClock) -> None:

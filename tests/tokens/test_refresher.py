@@ -18,7 +18,12 @@ from app.errors import (
 from app.store.memory import MemoryStore
 from app.tokens.l1 import L1Cache
 from app.tokens.model import ClientPolicy, Hold, HoldReason, Token
-from app.tokens.refresher import RefreshAhead, UpstreamRefresher, lead_time
+from app.tokens.refresher import (
+    PROBE_INTERVAL_SECONDS,
+    RefreshAhead,
+    UpstreamRefresher,
+    lead_time,
+)
 from app.tokens.status import ClientStatus
 from app.tokens.store_state import StoreState
 from tests.support.clock import FakeClock, SteppedClock
@@ -83,20 +88,22 @@ def rejected() -> UpstreamCredentialsRejected:
 
 
 def test_backoff_grows_exponentially_up_to_the_30_s_cap(parts: Parts) -> None:
-    """Each consecutive failure doubles the hold (1, 2, 4 ... s, jittered) until it is capped
-    at 30 s."""
+    """While a valid token is served, each consecutive failure doubles the hold (1, 2, 4 ... s,
+    jittered) until it is capped at 30 s."""
+    token = token_of(parts.clock)
     for base in [1, 2, 4, 8, 16, 30, 30, 30]:
-        hold = parts.refresher.hold_for(CLIENT, unavailable())
+        hold = parts.refresher.hold_for(CLIENT, unavailable(), token)
         assert hold.reason is HoldReason.UNAVAILABLE
         assert 0.5 * base <= hold.remaining <= base
 
 
 def test_backoff_jitter_spreads_between_half_and_all_of_the_backoff(parts: Parts) -> None:
     """The jitter draws the hold from [0.5, 1.0] x the backoff, across that whole range."""
+    token = token_of(parts.clock)
     holds = []
     for _ in range(400):
         parts.status.upstream_failures = 3  # the next failure is the 4th: backoff 8 s
-        holds.append(parts.refresher.hold_for(CLIENT, unavailable()).remaining)
+        holds.append(parts.refresher.hold_for(CLIENT, unavailable(), token).remaining)
     assert all(4.0 <= hold <= 8.0 for hold in holds)
     assert min(holds) < 4.4
     assert max(holds) > 7.6
@@ -107,8 +114,34 @@ def test_backoff_honours_a_longer_retry_after_from_the_upstream(
     parts: Parts, retry_after: float, low: float, high: float
 ) -> None:
     """The hold lasts the upstream's retry_after when that is longer than the backoff."""
-    hold = parts.refresher.hold_for(CLIENT, unavailable(retry_after))
+    hold = parts.refresher.hold_for(CLIENT, unavailable(retry_after), token_of(parts.clock))
     assert low <= hold.remaining <= high
+
+
+@pytest.mark.parametrize("kind", ["none", "expired"])
+def test_with_nothing_valid_to_serve_the_upstream_is_probed_every_second(
+    parts: Parts, kind: str
+) -> None:
+    """Without a valid token, however many failures came before, the hold is the 1 s probe
+    interval (or the upstream's longer retry_after), so callers get a token soon after the
+    upstream returns."""
+    token = None if kind == "none" else token_of(parts.clock, lifetime=100, age=100)
+    parts.status.upstream_failures = 6
+    assert parts.refresher.hold_for(CLIENT, unavailable(), token).remaining == (
+        PROBE_INTERVAL_SECONDS
+    )
+    assert parts.refresher.hold_for(CLIENT, unavailable(7.0), token).remaining == 7.0
+
+
+@pytest.mark.parametrize(("left", "hold"), [(3.0, 3.0), (0.4, PROBE_INTERVAL_SECONDS)])
+def test_the_backoff_never_outlasts_the_served_tokens_expiry(
+    parts: Parts, left: float, hold: float
+) -> None:
+    """A hold ends when the token served meanwhile expires (at least 1 s), not a full backoff
+    later."""
+    token = token_of(parts.clock, lifetime=100, age=100 - left)
+    parts.status.upstream_failures = 4  # the next failure is the 5th: backoff 16 s
+    assert parts.refresher.hold_for(CLIENT, unavailable(), token).remaining == pytest.approx(hold)
 
 
 def test_rejected_credentials_hold_for_the_forced_refresh_floor_without_a_failure_count(
@@ -116,8 +149,8 @@ def test_rejected_credentials_hold_for_the_forced_refresh_floor_without_a_failur
 ) -> None:
     """Rejected credentials hold the client for min_forced_interval and do not grow the
     backoff, but are recorded as the last error."""
-    parts.refresher.hold_for(CLIENT, unavailable())
-    hold = parts.refresher.hold_for(CLIENT, rejected())
+    parts.refresher.hold_for(CLIENT, unavailable(), None)
+    hold = parts.refresher.hold_for(CLIENT, rejected(), token_of(parts.clock))
     assert hold == Hold(HoldReason.REJECTED, POLICY.min_forced_interval)
     assert parts.status.upstream_failures == 1
     assert parts.status.last_error_category == "rejected"
@@ -127,10 +160,10 @@ def test_rejected_credentials_hold_for_the_forced_refresh_floor_without_a_failur
 async def test_a_successful_fetch_resets_the_backoff(parts: Parts) -> None:
     """After a token arrives, the next failure backs off from 1 s again."""
     for _ in range(4):
-        parts.refresher.hold_for(CLIENT, unavailable())
-    await parts.refresher.fetch(CLIENT)
+        parts.refresher.hold_for(CLIENT, unavailable(), None)
+    token = await parts.refresher.fetch(CLIENT)
     assert parts.status.upstream_failures == 0
-    assert parts.refresher.hold_for(CLIENT, unavailable()).remaining <= 1.0
+    assert parts.refresher.hold_for(CLIENT, unavailable(), token).remaining <= 1.0
 
 
 def test_held_serves_an_unexpired_token_and_reports_it_stale(parts: Parts) -> None:

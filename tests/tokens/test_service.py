@@ -240,3 +240,17 @@ async def test_the_token_is_replaced_in_the_background_before_its_serve_until(sv
     svc.clock.advance(serve_until - svc.clock.time())
     assert await svc.service.get(CLIENT) != old
     assert svc.fetcher.calls == 2
+
+
+async def test_it_serves_without_the_store_only_with_a_valid_token_for_every_served_client(
+    svc: Svc,
+) -> None:
+    """serves_without_store is true once every client asked for has a valid token here, and
+    false before anything was served or while one asked-for client has none."""
+    assert not svc.service.serves_without_store()
+    await svc.service.get(CLIENT)
+    assert svc.service.serves_without_store()  # billing was never asked for: it does not count
+    svc.fetcher.error = UpstreamUnavailable("down (test)", client="billing", retry_after=5.0)
+    with pytest.raises(UpstreamUnavailable):
+        await svc.service.get("billing")
+    assert not svc.service.serves_without_store()
