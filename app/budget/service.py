@@ -82,8 +82,9 @@ class BudgetService:
         self.window = policy.window
         self._store = store
         self._clock = clock
-        self._local = local if policy.local_share is not None else None
-        self._local_window = Window(policy.local_share or policy.limit, self.window.seconds)
+        # No share (None, or 0 of a limit split over more instances than permits): fail closed.
+        self._local = local if policy.local_share else None
+        self._local_window = Window(policy.local_share or 1, self.window.seconds)
 
     async def acquire(self, client: str, wait: float) -> Grant:
         """A permit within `wait` seconds (capped at `max_wait_seconds`), else BudgetExhausted."""

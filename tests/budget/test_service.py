@@ -267,12 +267,6 @@ async def test_a_report_while_the_shared_store_is_down_pauses_the_local_share() 
     assert raised.value.retry_after == pytest.approx(30.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BudgetService builds the local window from `local_share or limit`, so a local share "
-    "of 0 grants the whole fleet limit alone instead of nothing",
-)
 async def test_a_local_share_of_zero_grants_nothing_while_the_store_is_down() -> None:
     """A policy whose local share is 0 grants no permit while the shared store is unreachable."""
     budget = build(BudgetPolicy(limit=10, local_share=0), shared_down=True)
