@@ -174,11 +174,17 @@ class RefreshAhead:
         status = self._status[client]
         while True:
             entry = self._l1.entry(client)
-            if entry is None:
-                await self._clock.sleep(self._l1.max_age)
+            if entry is not None:
+                lead = lead_time(entry.token.lifetime) * random.uniform(0.5, 1.0)
+                await self._clock.sleep(max(0.0, entry.serve_until - lead - self._clock.time()))
+            elif status.last_error is not None:
+                # Nothing held and the last attempt failed: try again when the hold ends, so the
+                # client recovers (and /health with it) without waiting for a caller.
+                lead = 0.0
+                await self._clock.sleep(max(0.0, status.hold_until - self._clock.monotonic()))
+            else:
+                await self._clock.sleep(self._l1.max_age)  # dropped by a change: re-read on use
                 continue
-            lead = lead_time(entry.token.lifetime) * random.uniform(0.5, 1.0)
-            await self._clock.sleep(max(0.0, entry.serve_until - lead - self._clock.time()))
             try:
                 await self._obtain(client, lead)
             except (UpstreamError, StoreUnavailable, BudgetExhausted):
