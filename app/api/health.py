@@ -193,3 +193,9 @@ async def ready(services: ServicesDep) -> JSONResponse:
         {"status": "not_ready", "reason": "store unreachable and no valid token held"},
         status_code=503,
     )
+
+
+# HEAD answers like GET without a body (uptime checkers use it); left out of the OpenAPI
+# document, where HEAD is implied by GET.
+for _path, _endpoint in (("/health", health), ("/health/live", live), ("/health/ready", ready)):
+    router.add_api_route(_path, _endpoint, methods=["HEAD"], include_in_schema=False)

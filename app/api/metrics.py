@@ -43,3 +43,6 @@ async def metrics(services: ServicesDep) -> Response:
         media_type=CONTENT_TYPE_PLAIN_0_0_4,
         headers={"Cache-Control": "no-store"},
     )
+
+
+router.add_api_route("/metrics", metrics, methods=["HEAD"], include_in_schema=False)  # see health

@@ -34,7 +34,8 @@ from tests.tomlfile import write_toml
 async def test_ops_port_serves_only_health_and_metrics_over_plain_http(
     emulator: Emulator, pki: Pki
 ) -> None:
-    """With client certificates required, ops_port answers /health* and /metrics, 404 otherwise."""
+    """With client certificates required, ops_port answers /health* and /metrics (GET and HEAD),
+    404 otherwise."""
     cert = pki.client("orders", common_name="orders")
     async with (
         serve_broker(mtls_config(emulator, pki)) as broker,
@@ -46,6 +47,8 @@ async def test_ops_port_serves_only_health_and_metrics_over_plain_http(
         ops_health = (await ops.get("/health")).json()
         main_health = (await main.get("/health")).json()
         ops_metrics, main_metrics = await ops.get("/metrics"), await main.get("/metrics")
+        ops_paths = ("/health", "/health/live", "/health/ready", "/metrics")
+        heads = {path: await ops.head(path) for path in ops_paths}
         refused = [
             await ops.get("/token", params={"client": "checkout"}, headers=_orders_key()),
             await ops.post("/token/invalidate", json={}, headers=_orders_key()),
@@ -61,6 +64,9 @@ async def test_ops_port_serves_only_health_and_metrics_over_plain_http(
     assert "# TYPE " in ops_metrics.text
     for response in refused:
         assert_error(response, 404, "not_found")
+    for path, head in heads.items():  # uptime checkers use HEAD
+        assert (head.status_code, head.content) == (200, b""), path
+    assert heads["/metrics"].headers["content-type"] == ops_metrics.headers["content-type"]
 
 
 def _orders_key() -> dict[str, str]:
