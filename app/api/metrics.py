@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
 
 from app.api.deps import ServicesDep
 from app.api.health import budget_report, fleet_report, store_answers
@@ -35,14 +34,11 @@ async def update_state_gauges(services: Services) -> None:
 
 
 @router.get("/metrics", response_class=Response)
-async def metrics(services: ServicesDep) -> Response:
-    """Every metric of this instance, in the Prometheus text format."""
+async def metrics(request: Request, services: ServicesDep) -> Response:
+    """Every metric of this instance: Prometheus text format, or OpenMetrics when asked for."""
     await update_state_gauges(services)
-    return Response(
-        services.metrics.exposition(),
-        media_type=CONTENT_TYPE_PLAIN_0_0_4,
-        headers={"Cache-Control": "no-store"},
-    )
+    body, content_type = services.metrics.exposition(request.headers.get("accept"))
+    return Response(body, headers={"Cache-Control": "no-store", "Content-Type": content_type})
 
 
 router.add_api_route("/metrics", metrics, methods=["HEAD"], include_in_schema=False)  # see health

@@ -19,13 +19,16 @@ from collections.abc import Iterable
 from typing import Generic, TypeVar
 
 from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     disable_created_metrics,
-    generate_latest,
 )
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics import MetricWrapperBase
 
 from app.budget.ports import BudgetEvents
@@ -87,6 +90,9 @@ class BrokerMetrics:
         self.callers = frozenset(callers)
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(PROXY_CALLS)
+        # The process's own health (RSS, fds, CPU, GC, Python version): the standard families.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            self.registry.register(collector)
         self.errors = RecentErrors(clock)
         self._http_metrics()
         self._token_metrics()
@@ -269,9 +275,11 @@ class BrokerMetrics:
         else:
             self.seconds_to_expiry.labels(client).set(max(0.0, seconds_left))
 
-    def exposition(self) -> bytes:
-        """The registry in Prometheus text format."""
-        return generate_latest(self.registry)
+    def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The registry and its content type: OpenMetrics when `accept` (the request's Accept
+        header) asks for it, else the Prometheus text format 0.0.4."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
 
 
 class TokenMetrics(TokenEvents):

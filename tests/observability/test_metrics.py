@@ -8,6 +8,9 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 
 from app import __version__
 from app.config import Settings
@@ -187,3 +190,22 @@ async def test_store_outage_is_counted_and_shown(
     assert health["status"] == "degraded" and "store unreachable" in health["reasons"]
     assert health["fleet"] is None and health["budget"]["used"] is None
     assert {error["source"] for error in health["recent_errors"]} == {"store"}
+
+
+async def test_process_and_platform_families_and_openmetrics_on_request(
+    broker: BrokerFactory,
+) -> None:
+    """/metrics carries the standard process_* and python_* families, and answers in the
+    OpenMetrics format (parsed by prometheus-client's OpenMetrics parser) when asked for it."""
+    async with broker() as http:
+        plain = await scrape(http)
+        open_metrics = await http.get(
+            "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+        )
+    for family in ("process_resident_memory_bytes", "process_open_fds", "python_info"):
+        assert family in plain.families, family
+    assert "python_gc_collections" in plain.families
+    assert open_metrics.status_code == 200
+    assert open_metrics.headers["content-type"].startswith("application/openmetrics-text")
+    families = {f.name for f in openmetrics_families(open_metrics.text)}
+    assert {"process_resident_memory_bytes", "token_broker_build_info"} <= families
