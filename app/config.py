@@ -327,31 +327,58 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError([("", f"{path} is not valid TOML: {exc}")]) from None
 
 
-def _check_secret_files(settings: Settings) -> list[tuple[str, str]]:
-    problems = []
-    for name, client in settings.clients.items():
-        if client.client_secret_file is None:
-            continue
-        key = f"clients.{name}.client_secret_file"
-        try:
-            if not client.secret().get_secret_value():
-                problems.append((key, "the file is empty"))
-        except OSError as exc:
-            problems.append((key, f"cannot read {client.client_secret_file}: {exc.strerror}"))
-    return problems
+def _secret_file_problem(key: str, path: Path) -> tuple[str, str] | None:
+    try:
+        if not path.read_text(encoding="utf-8").strip():
+            return (key, "the file is empty")
+    except OSError as exc:
+        return (key, f"cannot read {path}: {exc.strerror}")
+    return None
 
 
-def _check_tls_files(server: ServerSettings) -> list[tuple[str, str]]:
-    files = {
+def _tls_file_problems(files: Mapping[str, object]) -> list[tuple[str, str]]:
+    return [
+        (f"server.{key}", f"cannot read {path}")
+        for key, path in files.items()
+        if path is not None and not os.access(str(path), os.R_OK)
+    ]
+
+
+def _check_files(settings: Settings) -> list[tuple[str, str]]:
+    """Secret and TLS files that cannot be read (or are empty)."""
+    secrets = [
+        _secret_file_problem(f"clients.{name}.client_secret_file", client.client_secret_file)
+        for name, client in settings.clients.items()
+        if client.client_secret_file is not None
+    ]
+    server = settings.server
+    tls = {
         "tls_cert_file": server.tls_cert_file,
         "tls_key_file": server.tls_key_file,
         "tls_client_ca_file": server.tls_client_ca_file,
     }
-    return [
-        (f"server.{key}", f"cannot read {path}")
-        for key, path in files.items()
-        if path is not None and not os.access(path, os.R_OK)
+    return [problem for problem in secrets if problem] + _tls_file_problems(tls)
+
+
+_SECRET_FILE = "client_secret_file"
+
+
+def _check_raw_files(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The file checks of `_check_files` on the file's own values, for a configuration that did
+    not validate: one run of check-config then reports these problems too."""
+    clients = data.get("clients")
+    secrets = [
+        _secret_file_problem(f"clients.{name}.client_secret_file", Path(client[_SECRET_FILE]))
+        for name, client in (clients.items() if isinstance(clients, dict) else ())
+        if isinstance(client, dict) and isinstance(client.get(_SECRET_FILE), str)
     ]
+    server = data.get("server")
+    tls = {
+        key: value
+        for key, value in (server.items() if isinstance(server, dict) else ())
+        if key in ("tls_cert_file", "tls_key_file", "tls_client_ca_file") and isinstance(value, str)
+    }
+    return [problem for problem in secrets if problem] + _tls_file_problems(tls)
 
 
 def load_settings(path: Path | str | None = None) -> Settings:
@@ -362,20 +389,14 @@ def load_settings(path: Path | str | None = None) -> Settings:
     if path is None:
         path = os.environ.get(CONFIG_ENV_VAR) or None
     data = _read_toml(Path(path)) if path is not None else {}
-    stray = _stray_env_vars(os.environ)
-    if stray:
-        raise ConfigError(stray)
+    problems = _stray_env_vars(os.environ)
     try:
         settings = Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(_problems(exc)) from None
+        raise ConfigError(problems + _problems(exc) + _check_raw_files(data)) from None
     except SettingsError as exc:  # an environment value that is not JSON where JSON is needed
-        raise ConfigError([_unparsable_env(exc)]) from None
-    problems = (
-        settings.reference_problems()
-        + _check_secret_files(settings)
-        + _check_tls_files(settings.server)
-    )
+        raise ConfigError([*problems, _unparsable_env(exc)]) from None
+    problems += settings.reference_problems() + _check_files(settings)
     if problems:
         raise ConfigError(problems)
     return settings

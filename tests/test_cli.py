@@ -154,6 +154,29 @@ def test_check_config_on_a_missing_file_fails_cleanly(
     assert "config file not found" in capsys.readouterr().err
 
 
+def test_check_config_reports_problems_of_every_stage_in_one_run(
+    cli_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A misspelt variable, a bad token_url, a missing secret file and a missing TLS file are
+    all reported by one check-config run (it used to stop at the first failing stage)."""
+    config = good_config("http://auth.example.com/auth/token")
+    checkout = config["clients"]["checkout"]
+    del checkout["client_secret"]
+    checkout["client_secret_file"] = str(tmp_path / "absent-secret")
+    config["server"] = {"tls_cert_file": str(tmp_path / "absent.pem"), "tls_key_file": "x.pem"}
+    cli_env.setenv("TOKEN_BROKER_SERVR__PORT", "9000")
+    assert main(["check-config", "--config", str(write_toml(tmp_path / "c.toml", config))]) == 1
+    err = capsys.readouterr().err
+    assert "TOKEN_BROKER_SERVR__PORT" in err
+    for key_path in (
+        "servr",
+        "clients.checkout.token_url",
+        "clients.checkout.client_secret_file",
+        "server.tls_cert_file",
+    ):
+        assert re.search(rf"^\s*{re.escape(key_path)}\b", err, re.MULTILINE), (key_path, err)
+
+
 @pytest.mark.parametrize("command", ["serve", "check-config"])
 def test_without_any_config_the_cli_says_what_is_missing(
     cli_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: str
