@@ -245,13 +245,14 @@ class RedisStore:
         return DiscardResult(DiscardOutcome.DISCARDED)
 
     async def hold(self, client: str, reason: HoldReason, seconds: float) -> None:
-        """SET the hold with its own expiry."""
-        if seconds <= 0:
-            return
+        """SET the hold with its own expiry (at least 1 ms: PX 0 is an error); as in memory,
+        the latest hold decides, so a hold of no time ends the current one."""
+        key = self.keys.client(client, "hold")
         async with translated("hold"):
-            await self.redis.set(
-                self.keys.client(client, "hold"), reason.value, px=int(seconds * 1000)
-            )
+            if seconds <= 0:
+                await self.redis.delete(key)
+            else:
+                await self.redis.set(key, reason.value, px=max(1, _ms(seconds)))
 
     # -- lock ---------------------------------------------------------------------------------
 
