@@ -318,8 +318,13 @@ class RedisStore:
             await self.redis.zrem(self.keys.budget[0], permit_id)
 
     async def cool_down(self, seconds: float) -> float:
-        """Extend the cooldown to at least `seconds`."""
-        raw = await self._run("budget_cooldown", [self.keys.budget[1]], [_ms(seconds)])
+        """Extend the cooldown to at least `seconds` (a positive time is at least 1 ms: PX 0 is
+        an error); no time only reads the cooldown left, as in memory."""
+        if seconds <= 0:
+            async with translated("cool_down"):
+                left = await self.redis.pttl(self.keys.budget[1])
+            return max(0, int(left)) / 1000
+        raw = await self._run("budget_cooldown", [self.keys.budget[1]], [max(1, _ms(seconds))])
         return int(raw) / 1000
 
     async def usage(self, window: Window) -> Usage:

@@ -394,6 +394,18 @@ async def test_cooldown_extends_but_never_shortens(backend: Backend) -> None:
     assert (await backend.store.reserve(window, 0, "after")).granted
 
 
+async def test_a_cooldown_of_no_time_changes_nothing(backend: Backend) -> None:
+    """cool_down(0) (or less than Redis' 1 ms) is no error: it starts no pause and reports the
+    one running, if any."""
+    window = Window(5, SHORT)
+    assert await backend.store.cool_down(0) == 0
+    assert await backend.store.cool_down(0.0004) <= 0.001
+    await backend.elapse(0.01)
+    assert (await backend.store.reserve(window, 0, "free")).granted
+    await backend.store.cool_down(SHORT)
+    assert backend.about(await backend.peer.cool_down(0), SHORT)
+
+
 async def test_usage_counts_the_current_window_only(backend: Backend) -> None:
     """usage() counts the grants of the last window and forgets them once it has passed."""
     window = Window(5, SHORT)
