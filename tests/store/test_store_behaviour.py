@@ -360,6 +360,21 @@ async def test_a_withdrawn_reservation_frees_its_slot(backend: Backend) -> None:
     )  # the freed slot, not the one after
 
 
+async def test_withdrawals_never_let_a_later_request_jump_the_queue(backend: Backend) -> None:
+    """With reservations given back in the middle of the queue, a new request still comes after
+    the latest slot that stands, not in the gap."""
+    window = Window(2, SHORT)
+    slots = {}
+    for permit in ("a", "b", "c", "d", "e"):
+        reservation = await backend.store.reserve(window, 10, permit)
+        slots[permit] = backend.clock.monotonic() + reservation.delay
+    assert slots["e"] - slots["a"] > 2 * SHORT - backend.tolerance
+    await backend.store.withdraw("c")
+    await backend.store.withdraw("d")
+    late = await backend.store.reserve(window, 10, "f")
+    assert backend.clock.monotonic() + late.delay >= slots["e"] - backend.tolerance
+
+
 async def test_cooldown_voids_reserved_slots_and_delays_new_ones(backend: Backend) -> None:
     """A reserved slot stands (confirm 0) until a cooldown starts; then confirm withdraws it and
     returns the cooldown left, and new slots begin after the cooldown."""
