@@ -355,11 +355,14 @@ async def test_redis_script_keeps_the_invariant_under_concurrent_instances(
 ) -> None:
     """120 concurrent reservations from 3 connections: the zset's slots (Redis time) never put
     more than `limit` grants in one window."""
-    prefix = f"b{uuid.uuid4().hex[:8]}"
-    stores = [
-        RedisStore(StoreSettings(redis_url=SecretStr(redis_server.url), key_prefix=prefix))
-        for _ in range(3)
-    ]
+    # 120 connections open at once: on a loaded CI machine that can take longer than the 1 s
+    # default socket timeout, which is no part of what this test checks.
+    config = StoreSettings(
+        redis_url=SecretStr(redis_server.url),
+        key_prefix=f"b{uuid.uuid4().hex[:8]}",
+        socket_timeout_seconds=10,
+    )
+    stores = [RedisStore(config) for _ in range(3)]
     window = Window(5, 2.0)
     try:
         results = await asyncio.gather(
