@@ -245,13 +245,14 @@ class RedisStore:
         return DiscardResult(DiscardOutcome.DISCARDED)
 
     async def hold(self, client: str, reason: HoldReason, seconds: float) -> None:
-        """SET the hold with its own expiry."""
-        if seconds <= 0:
-            return
+        """SET the hold with its own expiry (at least 1 ms: PX 0 is an error); as in memory,
+        the latest hold decides, so a hold of no time ends the current one."""
+        key = self.keys.client(client, "hold")
         async with translated("hold"):
-            await self.redis.set(
-                self.keys.client(client, "hold"), reason.value, px=int(seconds * 1000)
-            )
+            if seconds <= 0:
+                await self.redis.delete(key)
+            else:
+                await self.redis.set(key, reason.value, px=max(1, _ms(seconds)))
 
     # -- lock ---------------------------------------------------------------------------------
 
@@ -317,8 +318,13 @@ class RedisStore:
             await self.redis.zrem(self.keys.budget[0], permit_id)
 
     async def cool_down(self, seconds: float) -> float:
-        """Extend the cooldown to at least `seconds`."""
-        raw = await self._run("budget_cooldown", [self.keys.budget[1]], [_ms(seconds)])
+        """Extend the cooldown to at least `seconds` (a positive time is at least 1 ms: PX 0 is
+        an error); no time only reads the cooldown left, as in memory."""
+        if seconds <= 0:
+            async with translated("cool_down"):
+                left = await self.redis.pttl(self.keys.budget[1])
+            return max(0, int(left)) / 1000
+        raw = await self._run("budget_cooldown", [self.keys.budget[1]], [max(1, _ms(seconds))])
         return int(raw) / 1000
 
     async def usage(self, window: Window) -> Usage:

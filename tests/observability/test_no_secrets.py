@@ -1,14 +1,21 @@
-"""After every path at debug level, no token, secret or key in logs, /health (both) or /metrics."""
+"""After every path at debug level, no token, secret or key in logs, /health (both) or /metrics.
+
+Also the two defences behind that: the redactor's memory of secrets, and httpx's request lines
+(proxied paths and queries) kept out of logs below debug.
+"""
 
 from __future__ import annotations
 
 import base64
+import logging
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from app.auth.callers import hash_api_key
+from app.observability.logs import Redactor, configure_logging
 from app.tokens.model import fingerprint
 from tests.conftest import API_KEYS, EMULATOR_ID, EMULATOR_SECRET, BrokerFactory, Emulator
 from tests.contract import (
@@ -110,6 +117,7 @@ async def test_no_secret_in_logs_health_dashboard_or_metrics(
         dashboard = await run.call("GET", "/health", headers={"Accept": "text/html"})
         metrics = await run.call("GET", "/metrics")
         await run.call("GET", "/health/ready")
+    logging.getLogger("tests").debug("end of run")  # the capture still takes debug lines
     captured, lines = logs.read()
 
     forbidden = {
@@ -127,16 +135,18 @@ async def test_no_secret_in_logs_health_dashboard_or_metrics(
         "/health": health.text,
         "dashboard": dashboard.text,
         "/metrics": metrics.text,
-        **{
-            f"{r.request.method} {r.request.url.path} {r.status_code}": r.text
-            for r in run.responses
-            if '"access_token"' not in r.text  # token answers carry their token by design
+        **{  # numbered: every response is checked, not the last of each kind
+            f"#{i} {r.request.method} {r.request.url.path} {r.status_code}": r.text
+            for i, r in enumerate(run.responses)
+            # token answers carry their token by design; no error body may name one
+            if r.status_code != 200 or '"access_token"' not in r.text
         },
     }
     for where, text in shown.items():
         for what, value in forbidden.items():
             assert value not in text, f"{what} found in {where}"
     assert "[redacted]" not in captured  # not logged at all, rather than scrubbed afterwards
+    assert "Logging error" not in captured  # no record was dropped by a failing handler
 
     # The run did reach every path it claims to, and logged it the safe way.
     events = {line["event"] for line in lines}
@@ -144,8 +154,28 @@ async def test_no_secret_in_logs_health_dashboard_or_metrics(
     assert {"upstream.unavailable", "upstream.token_obtained"} <= events
     paths = {line.get("path") for line in lines if line["event"] == "http.request"}
     assert {"/proxy/{client}/{path:path}", "/budget/acquire", "/budget/report"} <= paths
-    assert any(line["level"] == "debug" for line in lines)
+    assert any(line["level"] == "debug" for line in lines) and "end of run" in events
     logged_fps = {line.get("token_fp") for line in lines}
     assert {fingerprint(token) for token in run.tokens} <= logged_fps
     assert health.json()["recent_errors"] and "<table" in dashboard.text
     assert parse(metrics.text).total("token_broker_budget_denials_total") >= 1
+
+
+def test_redactor_keeps_configured_secrets_however_many_tokens_follow() -> None:
+    """Client secrets are scrubbed for the life of the process; tokens only while recent."""
+    redactor = Redactor()
+    redactor.add_secret("client-secret-value-0001")
+    for n in range(1000):
+        redactor.add(f"access-token-{n:06d}")
+    line = redactor.scrub("a=client-secret-value-0001 b=access-token-000999 c=access-token-000000")
+    assert line == "a=[redacted] b=[redacted] c=access-token-000000"
+
+
+@pytest.mark.usefixtures("logs")  # puts the logging configuration back afterwards
+def test_upstream_urls_from_httpx_are_logged_only_at_debug() -> None:
+    """At info, httpx's per-request lines (proxied paths and queries) are not logged."""
+    configure_logging("info", as_json=True)
+    at_info = logging.getLogger("httpx").isEnabledFor(logging.INFO)
+    configure_logging("debug", as_json=True)
+    at_debug = logging.getLogger("httpx").isEnabledFor(logging.INFO)
+    assert (at_info, at_debug) == (False, True)
