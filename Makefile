@@ -33,11 +33,11 @@ $(UV):
 	$(PYTHON) -m venv $(TOOLS)/uv
 	$(TOOLS)/uv/bin/pip install --quiet uv==$(UV_VERSION)
 
-$(VENV)/.installed: $(UV) pyproject.toml uv.lock
+$(VENV)/.installed: $(UV) pyproject.toml uv.lock client/pyproject.toml
 	$(UV) sync --frozen --all-groups
 	@touch $@
 
-install: $(VENV)/.installed ## create .venv from uv.lock (runtime + dev tools)
+install: $(VENV)/.installed ## create .venv from uv.lock (runtime + dev tools + the client SDK, editable)
 
 run: install ## start the demo: emulator + broker on the in-memory store, prints a curl line
 	$(BIN)/token-broker demo
@@ -48,14 +48,14 @@ test: install $(HELM_STAMP) ## run the whole test suite (starts its own redis-se
 	$(BIN)/pytest
 
 lint: install ## ruff check + format check
-	$(BIN)/ruff check app tests
-	$(BIN)/ruff format --check app tests
+	$(BIN)/ruff check app tests client
+	$(BIN)/ruff format --check app tests client
 
 format: install ## apply ruff fixes and formatting
-	$(BIN)/ruff check --fix app tests
-	$(BIN)/ruff format app tests
+	$(BIN)/ruff check --fix app tests client
+	$(BIN)/ruff format app tests client
 
-typecheck: install ## mypy --strict on app/
+typecheck: install ## mypy --strict on app/ and the client SDK (client/src)
 	$(BIN)/mypy
 
 bench: install ## benchmarks vs baselines (not in test); prints, writes .bench/results.md
