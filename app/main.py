@@ -12,7 +12,7 @@ import httpx
 from fastapi import FastAPI
 
 from app import __version__
-from app.api import budget, health, oauth, oauth_revoke, proxy, tokens
+from app.api import budget, discovery, health, oauth, oauth_revoke, proxy, tokens
 from app.api import metrics as metrics_api
 from app.api.errors import install_error_handlers
 from app.auth.callers import CallerAuthenticator
@@ -171,6 +171,7 @@ def create_app(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> FastAPI:
     app.include_router(tokens.router)
     app.include_router(oauth.router)
     app.include_router(oauth_revoke.router)
+    app.include_router(discovery.router)
     app.include_router(budget.router)
     app.include_router(proxy.router)
     app.include_router(health.router)

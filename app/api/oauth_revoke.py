@@ -10,6 +10,7 @@ know.
 - The client's cached token: discarded, as `/token/invalidate` does (the fleet's next token
   request fetches one new token; the forced-refresh floor applies).
 - Any other token (an old one, a stranger's, garbage): 200 and nothing happens (RFC 7009 §2.2).
+- Either way the answer is 200 with `{}` (the client ignores the body).
 - On the Paysera path the token names its client: each client the caller may use is checked.
 
 Errors are RFC 6749 §5.2 JSON, like the token endpoint's:
@@ -92,7 +93,9 @@ async def revoke(request: Request, services: Services, client: str | None) -> Re
         client=discarded_from or client,
         token_fp=fingerprint(token),
     )
-    return Response(status_code=200, headers=NO_STORE)
+    # RFC 7009 §2.2: the client ignores the body. An empty JSON object rather than no body:
+    # clients that parse every answer as JSON (simple-oauth2) fail on an empty, untyped one.
+    return Response(b"{}", media_type="application/json", headers=NO_STORE)
 
 
 async def answer(request: Request, services: Services, client: str | None) -> Response:
@@ -117,7 +120,10 @@ _FORM_SCHEMA = {
 }
 _OPENAPI = {"requestBody": {"required": True, "content": {FORM_TYPE: {"schema": _FORM_SCHEMA}}}}
 _RESPONSES: dict[int | str, dict[str, object]] = {
-    200: {"description": "revoked, or not a current token (nothing happened)", "content": {}},
+    200: {
+        "description": "revoked, or not a current token (nothing happened); an empty object",
+        "content": {"application/json": {"schema": {"type": "object", "maxProperties": 0}}},
+    },
     400: {"model": OAuthErrorBody},
     401: {"model": OAuthErrorBody},
     429: {"model": OAuthErrorBody},

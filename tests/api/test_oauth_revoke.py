@@ -73,6 +73,7 @@ async def test_authlib_client_recovers_from_a_revoked_token(
     assert refused.status_code == 401
     assert revoked.status_code == 200
     assert revoked.headers["cache-control"] == "no-store"
+    assert revoked.json() == {}
     assert fresh["access_token"] != first["access_token"]
     assert accepted.status_code == 200, accepted.text
     assert (await emulator.stats())["token_requests"] == 2

@@ -6,20 +6,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from token_broker_client import BrokerAuth, BrokerUnavailable, Unauthorized
 
 from tests.conftest import API_KEYS, Emulator
-from tests.support.tls import Pki, mtls_config, serve_broker, server_files
+from tests.support.tls import Pki, mtls_config, new_pki, serve_broker
 
 
 @pytest.fixture
 def pki(tmp_path: Path) -> Pki:
     """A server CA, a CA for client certificates, and the broker's TLS files."""
-    server_ca, client_ca = trustme.CA(), trustme.CA()
-    return Pki(server_ca, client_ca, server_files(tmp_path, server_ca, client_ca), tmp_path)
+    return new_pki(tmp_path)
 
 
 def split_pem(bundle: Path) -> tuple[Path, Path]:
