@@ -23,6 +23,9 @@ HELM := $(TOOLS)/bin/helm
 HELM_STAMP := $(TOOLS)/.helm-layer-$(HELM_LAYER_VERSION)
 DEPLOY_VENV := $(TOOLS)/deploy-lint
 DEPLOY_STAMP := $(DEPLOY_VENV)/.installed-$(HADOLINT_VERSION)-$(KUBERNETES_VALIDATE_VERSION)
+# Node OAuth clients (openid-client, simple-oauth2) the tests drive, from tests/node's lock file.
+NODE_CLIENTS := $(TOOLS)/node-oauth
+NODE_CLIENTS_STAMP := $(NODE_CLIENTS)/.installed
 
 .PHONY: help install run test lint typecheck format bench soak docker-lint helm-lint all clean
 
@@ -33,29 +36,29 @@ $(UV):
 	$(PYTHON) -m venv $(TOOLS)/uv
 	$(TOOLS)/uv/bin/pip install --quiet uv==$(UV_VERSION)
 
-$(VENV)/.installed: $(UV) pyproject.toml uv.lock
+$(VENV)/.installed: $(UV) pyproject.toml uv.lock client/pyproject.toml
 	$(UV) sync --frozen --all-groups
 	@touch $@
 
-install: $(VENV)/.installed ## create .venv from uv.lock (runtime + dev tools)
+install: $(VENV)/.installed ## create .venv from uv.lock (runtime + dev tools + the client SDK, editable)
 
 run: install ## start the demo: emulator + broker on the in-memory store, prints a curl line
 	$(BIN)/token-broker demo
 
-test: install $(HELM_STAMP) ## run the whole test suite (starts its own redis-server instances)
+test: install $(HELM_STAMP) $(NODE_CLIENTS_STAMP) ## run the whole test suite (starts its own redis-server instances)
 	@command -v redis-server >/dev/null || { echo "redis-server is required: apt-get install -y redis-server"; exit 1; }
 	@command -v chromium >/dev/null || { echo "chromium is required (dashboard test): apt-get install -y chromium"; exit 1; }
 	$(BIN)/pytest
 
 lint: install ## ruff check + format check
-	$(BIN)/ruff check app tests
-	$(BIN)/ruff format --check app tests
+	$(BIN)/ruff check app tests client
+	$(BIN)/ruff format --check app tests client
 
 format: install ## apply ruff fixes and formatting
-	$(BIN)/ruff check --fix app tests
-	$(BIN)/ruff format app tests
+	$(BIN)/ruff check --fix app tests client
+	$(BIN)/ruff format app tests client
 
-typecheck: install ## mypy --strict on app/
+typecheck: install ## mypy --strict on app/ and the client SDK (client/src)
 	$(BIN)/mypy
 
 bench: install ## benchmarks vs baselines (not in test); prints, writes .bench/results.md
@@ -76,6 +79,13 @@ $(HELM_STAMP):
 	chmod 755 $(HELM)
 	rm -rf $(TOOLS)/helm-layer
 	$(HELM) version --short
+	@touch $@
+
+$(NODE_CLIENTS_STAMP): tests/node/package.json tests/node/package-lock.json
+	@command -v npm >/dev/null || { echo "npm is required for the Node OAuth client tests: apt-get install -y npm"; exit 1; }
+	rm -rf $(NODE_CLIENTS) && mkdir -p $(NODE_CLIENTS)
+	cp tests/node/package.json tests/node/package-lock.json $(NODE_CLIENTS)/
+	cd $(NODE_CLIENTS) && npm ci --silent --no-audit --no-fund
 	@touch $@
 
 $(DEPLOY_STAMP):

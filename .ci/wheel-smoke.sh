@@ -3,6 +3,7 @@
 # uv, same commands: tests/deploy/test_dockerfile.py keeps the marked block identical to the
 # Dockerfile's), then runs the installed console script the way the image does: `check-config` on
 # a sample config, and `serve` against `token-broker emulator` until /health/live answers 200.
+# Last, the caller SDK (client/) is installed the way a caller installs it and used against it.
 # No Docker engine runs on CI's machines; this is what stands in for building and starting the image.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -135,6 +136,35 @@ with urllib.request.urlopen(request, timeout=10) as response:
     body = json.load(response)
 if response.status != 200 or not body.get("access_token") or body.get("token_type") != "Bearer":
     sys.exit(f"wheel-smoke: unexpected /token answer {response.status} {sorted(body)}")
+EOF
+fi
+
+# The caller SDK as a caller installs it (`pip install ./client`, into a venv of its own, httpx its
+# only dependency), then upstream calls through BrokerAuth with the broker's token.
+if [[ $status -eq 0 ]]; then
+  echo "wheel-smoke: the caller SDK from client/, against the running broker"
+  CLIENT_VENV="$WORK/client-venv"
+  (
+    uv build --quiet --wheel --out-dir "$WORK/client-dist" "$ROOT/client" \
+      && python3 -m venv --without-pip "$CLIENT_VENV" \
+      && uv pip install --quiet --python "$CLIENT_VENV/bin/python" "$WORK"/client-dist/*.whl
+  ) || status=1
+fi
+if [[ $status -eq 0 ]]; then
+  "$CLIENT_VENV/bin/python" - "http://127.0.0.1:$BROKER_PORT" \
+    "http://127.0.0.1:$EMULATOR_PORT/checkout-project/integration/v1/methods" <<'EOF' || status=1
+import importlib.util, sys
+
+import httpx
+from token_broker_client import BrokerAuth
+
+if importlib.util.find_spec("requests") is not None:
+    sys.exit("wheel-smoke: requests came with the SDK; httpx is its only dependency")
+with BrokerAuth(sys.argv[1], client="checkout", api_key="smoke-api-key") as auth:
+    with httpx.Client(auth=auth) as client:
+        answers = [client.get(sys.argv[2]) for _ in range(2)]
+if [r.status_code for r in answers] != [200, 200] or not answers[0].json().get("methods"):
+    sys.exit(f"wheel-smoke: SDK calls answered {[r.status_code for r in answers]}")
 EOF
 fi
 

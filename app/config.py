@@ -67,6 +67,14 @@ def _upstream_url(value: str) -> str:
     return value.rstrip("/") if parts.path not in ("", "/") else value
 
 
+def _public_url(value: str) -> str:
+    _upstream_url(value)  # https (http only on loopback), a host, no credentials
+    parts = urlsplit(value)
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("must be an origin (scheme://host[:port]) without path, query or fragment")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 def _sha256_hex(value: str) -> str:
     value = value.strip().lower()
     if not _SHA256_HEX.match(value):
@@ -81,6 +89,7 @@ def _identity(value: str) -> str:
 
 
 UpstreamUrl = Annotated[str, AfterValidator(_upstream_url)]
+PublicUrl = Annotated[str, AfterValidator(_public_url)]
 Sha256Hex = Annotated[str, AfterValidator(_sha256_hex)]
 MtlsIdentity = Annotated[str, AfterValidator(_identity)]
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -107,6 +116,9 @@ class ServerSettings(_Strict):
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     limit_concurrency: Annotated[int, Field(ge=1)] | None = None
     health_details: bool = True  # false: /health leaves out per-client detail and error texts
+    # The broker's origin as callers reach it (behind a load balancer or ingress that terminates
+    # TLS): the RFC 8414 issuer. Unset: taken from each request's scheme and Host.
+    public_url: PublicUrl | None = None
 
     @model_validator(mode="after")
     def _tls_pairs(self) -> Self:

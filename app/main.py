@@ -12,9 +12,10 @@ import httpx
 from fastapi import FastAPI
 
 from app import __version__
-from app.api import budget, health, oauth, proxy, tokens
+from app.api import budget, discovery, health, oauth, oauth_revoke, proxy, tokens
 from app.api import metrics as metrics_api
 from app.api.errors import install_error_handlers
+from app.api.openapi import install_openapi
 from app.auth.callers import CallerAuthenticator
 from app.budget.model import BudgetPolicy
 from app.budget.service import BudgetService
@@ -170,8 +171,11 @@ def create_app(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> FastAPI:
     app.add_middleware(RequestLogMiddleware, settings=settings, metrics=metrics)
     app.include_router(tokens.router)
     app.include_router(oauth.router)
+    app.include_router(oauth_revoke.router)
+    app.include_router(discovery.router)
     app.include_router(budget.router)
     app.include_router(proxy.router)
     app.include_router(health.router)
     app.include_router(metrics_api.router)
+    install_openapi(app)
     return app

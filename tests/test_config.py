@@ -342,6 +342,18 @@ BAD_CASES = [
         "server",
         "tls_cert_file and tls_key_file",
     ),
+    BadCase(
+        "public url with a path",
+        lambda c, _: c["server"].update(public_url="https://tb.example/broker"),
+        "server.public_url",
+        "must be an origin",
+    ),
+    BadCase(
+        "public url over plain http to another host",
+        lambda c, _: c["server"].update(public_url="http://tb.example"),
+        "server.public_url",
+        "plain http:// is refused",
+    ),
 ]
 
 

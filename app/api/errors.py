@@ -52,7 +52,12 @@ ERROR_TABLE: dict[type[BrokerError], tuple[int, str]] = {
     StoreUnavailable: (503, "store_unavailable"),
 }
 WWW_AUTHENTICATE = 'ApiKey realm="token-broker", header="X-API-Key"'
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+_HTTP_CODES = {
+    400: "invalid_request",  # e.g. a JSON body that does not parse
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+}
 
 
 def status_and_code(exc: BrokerError) -> tuple[int, str]:

@@ -138,6 +138,12 @@ class TokenService:
 
     async def invalidate(self, client: str, access_token: str) -> Token:
         """Discard `access_token` if it is the cached token, then return the current token."""
+        await self.discard(client, access_token)
+        return await self.get(client)
+
+    async def discard(self, client: str, access_token: str) -> bool:
+        """Discard `access_token` if it is the cached token (RefreshThrottled inside the forced-
+        refresh floor); whether it was. The next `get` fetches a new token, once for the fleet."""
         policy = self.policy(client)
         try:
             result = await self._store.discard(client, access_token, policy.min_forced_interval)
@@ -152,7 +158,7 @@ class TokenService:
                 retry_after=result.retry_after,
             )
         self._l1.forget(client, digest(access_token))
-        return await self.get(client)
+        return result.outcome is DiscardOutcome.DISCARDED
 
     def on_change(self, change: TokenChange) -> None:
         """Store listener: drop L1 entries that changed and wake local waiters."""

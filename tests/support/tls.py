@@ -213,6 +213,12 @@ class Pki:
         )
 
 
+def new_pki(directory: Path) -> Pki:
+    """A server CA, a separate CA for client certificates, and the broker's files in `directory`."""
+    server_ca, client_ca = trustme.CA(), trustme.CA()
+    return Pki(server_ca, client_ca, server_files(directory, server_ca, client_ca), directory)
+
+
 def mtls_config(emulator: Emulator, pki: Pki, *, required: bool = True) -> dict[str, Any]:
     """The shared test config over HTTPS, verifying client certificates."""
     server = {

@@ -1,4 +1,4 @@
-"""TokenService: the facade the API calls (get, peek, invalidate, on_change, report)."""
+"""TokenService: the facade the API calls (get, peek, invalidate, discard, on_change, report)."""
 
 from __future__ import annotations
 
@@ -121,6 +121,21 @@ async def test_invalidating_a_token_that_is_not_current_fetches_nothing(svc: Svc
     current = await svc.service.get(CLIENT)
     assert await svc.service.invalidate(CLIENT, "token-from-long-ago") == current
     assert svc.fetcher.calls == 1
+
+
+async def test_discard_drops_the_current_token_and_leaves_the_fetch_to_the_next_get(
+    svc: Svc,
+) -> None:
+    """discard (revocation) says whether the token was current, fetches nothing itself, and the
+    next get fetches a new token; a token that is not current changes nothing."""
+    old = await svc.service.get(CLIENT)
+    assert await svc.service.discard(CLIENT, "token-from-long-ago") is False
+    assert svc.service.peek(CLIENT) == old
+    assert await svc.service.discard(CLIENT, old.access_token) is True
+    assert svc.service.peek(CLIENT) is None
+    assert svc.fetcher.calls == 1
+    assert await svc.service.get(CLIENT) != old
+    assert svc.fetcher.calls == 2
 
 
 async def test_a_second_forced_refresh_within_the_floor_is_throttled(svc: Svc) -> None:
