@@ -205,7 +205,9 @@ class ClientSettings(_Strict):
     client_secret_file: Path | None = None
     client_auth: Literal["form", "basic"] = "form"
     refresh_buffer_seconds: Seconds = 300.0
-    min_forced_refresh_interval_seconds: Seconds = 10.0
+    # A floor must exist: with none, callers reporting tokens could make the broker ask the
+    # upstream in a tight loop (and rejected credentials would be retried as fast).
+    min_forced_refresh_interval_seconds: Annotated[float, Field(ge=1)] = 10.0
     timeout_seconds: PositiveSeconds = 10.0
 
     @model_validator(mode="after")

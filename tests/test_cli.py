@@ -80,6 +80,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.Compl
     checkout = bad["clients"]["checkout"]
     checkout["token_url"] = f"http://checkout-id:{SECRET}@auth.example.com/token"
     checkout["refresh_buffer_seconds"] = -5
+    checkout["min_forced_refresh_interval_seconds"] = 0.5  # below the 1 s floor
     checkout["tpyo"] = True
     bad["server"] = {"port": 0}
     bad["callers"]["orders"]["api_key_sha256"] = API_KEYS["orders"]  # the key, not its hash
@@ -114,6 +115,7 @@ def test_check_config_lists_every_problem_without_secrets(
     for key_path in (
         "clients.checkout.token_url",
         "clients.checkout.refresh_buffer_seconds",
+        "clients.checkout.min_forced_refresh_interval_seconds",
         "clients.checkout.tpyo",
         "server.port",
         "callers.orders.api_key_sha256",

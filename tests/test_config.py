@@ -207,7 +207,19 @@ BAD_CASES = [
         "negative forced refresh interval",
         lambda c, _: _client(c).update(min_forced_refresh_interval_seconds=-0.5),
         "clients.checkout.min_forced_refresh_interval_seconds",
-        "greater than or equal to 0",
+        "greater than or equal to 1",
+    ),
+    BadCase(
+        "no forced refresh floor",
+        lambda c, _: _client(c).update(min_forced_refresh_interval_seconds=0),
+        "clients.checkout.min_forced_refresh_interval_seconds",
+        "greater than or equal to 1",
+    ),
+    BadCase(
+        "forced refresh floor under a second",
+        lambda c, _: _client(c).update(min_forced_refresh_interval_seconds=0.5),
+        "clients.checkout.min_forced_refresh_interval_seconds",
+        "greater than or equal to 1",
     ),
     BadCase(
         "zero upstream timeout",
@@ -524,6 +536,14 @@ def test_contract_defaults(tmp_path: Path) -> None:
     checkout = settings.clients["checkout"]
     assert checkout.refresh_buffer_seconds == 300
     assert checkout.min_forced_refresh_interval_seconds == 10
+
+
+def test_forced_refresh_floor_of_one_second_is_accepted(tmp_path: Path) -> None:
+    """min_forced_refresh_interval_seconds = 1, the lowest floor allowed, loads."""
+    config = base()
+    _client(config)["min_forced_refresh_interval_seconds"] = 1
+    checkout = load_settings(write_toml(tmp_path / "broker.toml", config)).clients["checkout"]
+    assert checkout.min_forced_refresh_interval_seconds == 1
 
 
 def test_default_upstream_urls_are_paysera(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -54,10 +55,11 @@ async def test_client_parameter_selects_the_token(broker: BrokerFactory) -> None
 
 async def test_invalidate_returns_a_fresh_token(broker: BrokerFactory) -> None:
     """POST /token/invalidate of the cached token answers 200 with a new one (client optional)."""
-    async with broker(clients_patch={"min_forced_refresh_interval_seconds": 0}) as http:
+    async with broker(clients_patch={"min_forced_refresh_interval_seconds": 1}) as http:
         first = assert_token(await http.get("/token", headers=orders()))["access_token"]
         body = {"client": "checkout", "access_token": first}
         second = assert_token(await http.post("/token/invalidate", json=body, headers=orders()))
+        await asyncio.sleep(1.1)  # past the forced-refresh floor (1 s, the lowest allowed)
         # A single-client caller may leave `client` out of the body.
         body = {"access_token": second["access_token"]}
         third = assert_token(await http.post("/token/invalidate", json=body, headers=orders()))

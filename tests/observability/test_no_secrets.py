@@ -6,6 +6,7 @@ Also the two defences behind that: the redactor's memory of secrets, and httpx's
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 from pathlib import Path
@@ -32,6 +33,7 @@ from tests.observability.prom import parse
 
 UNKNOWN_KEY = "tbk_presented_but_unknown_key_11111111111"
 METHODS = "/proxy/checkout/checkout-project/integration/v1/methods"
+FORCED_FLOOR = 1  # checkout's min_forced_refresh_interval_seconds: the lowest allowed
 
 
 class Run:
@@ -66,6 +68,7 @@ async def fetch_invalidate_proxy(run: Run, emulator: Emulator) -> None:
     throttled = await run.invalidate(billing(), "basic", basic["access_token"])
     assert_error(throttled, 429, "refresh_throttled")
     assert (await run.call("GET", METHODS, headers=orders())).status_code == 200
+    await asyncio.sleep(FORCED_FLOOR + 0.1)  # checkout may be force-refreshed again
     await emulator.revoke()  # the next proxied call meets a 401, invalidates and retries
     assert (await run.call("GET", METHODS, headers=orders())).status_code == 200
     assert_token(await run.call("GET", "/token", headers=orders()))
@@ -89,6 +92,7 @@ async def budget_and_errors(run: Run, emulator: Emulator) -> None:
     garbage = await run.call("GET", "/token?client=payouts", headers=billing())
     assert_error(garbage, 503, "upstream_unavailable")
     await emulator.configure(failure_mode="unavailable")
+    await asyncio.sleep(FORCED_FLOOR + 0.1)  # past the floor: the forced refresh is attempted
     assert_error(await run.invalidate(orders(), "checkout", current), 503, "upstream_unavailable")
 
 
@@ -105,7 +109,7 @@ async def test_no_secret_in_logs_health_dashboard_or_metrics(
         }
     }
     async with broker(
-        clients_patch={"min_forced_refresh_interval_seconds": 0},
+        clients_patch={"min_forced_refresh_interval_seconds": FORCED_FLOOR},
         clients=secret_laden_clients(emulator, tmp_path),
         callers=callers,
         budget={"limit": 4},
