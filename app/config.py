@@ -115,6 +115,10 @@ class ServerSettings(_Strict):
     xfcc_trusted_proxies: list[IPvAnyNetwork] = []
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     limit_concurrency: Annotated[int, Field(ge=1)] | None = None
+    # Idle HTTP keep-alive on every listener. Load balancers and mesh sidecars pool connections
+    # and reuse them after up to their own idle timeout (60 s on most): closing first races
+    # their reuse and the caller gets a reset, so this must be longer than theirs.
+    keep_alive_seconds: PositiveSeconds = 75.0
     health_details: bool = True  # false: /health leaves out per-client detail and error texts
     # The broker's origin as callers reach it (behind a load balancer or ingress that terminates
     # TLS): the RFC 8414 issuer. Unset: taken from each request's scheme and Host.

@@ -228,6 +228,12 @@ BAD_CASES = [
         "greater than 0",
     ),
     BadCase(
+        "zero keep-alive",
+        lambda c, _: c["server"].update(keep_alive_seconds=0),
+        "server.keep_alive_seconds",
+        "greater than 0",
+    ),
+    BadCase(
         "port 0",
         lambda c, _: c["server"].update(port=0),
         "server.port",
@@ -528,6 +534,7 @@ def test_contract_defaults(tmp_path: Path) -> None:
     assert (settings.server.host, settings.server.port) == ("127.0.0.1", 8080)
     assert settings.server.log_level == "info"
     assert settings.server.tls_client_cert_required is True
+    assert settings.server.keep_alive_seconds == 75
     assert settings.store.redis_url is None
     assert (settings.store.key_prefix, settings.store.cluster) == ("tb", False)
     budget = settings.budget

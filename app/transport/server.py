@@ -66,6 +66,7 @@ def uvicorn_config(
         "server_header": False,
         "proxy_headers": False,  # X-Forwarded-* are not trusted; XFCC has its own allow-list
         "limit_concurrency": settings.server.limit_concurrency,
+        "timeout_keep_alive": settings.server.keep_alive_seconds,  # above the LB's idle timeout
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_SECONDS,
     }
     return uvicorn.Config(app, host=host, port=port, **(options | extra))

@@ -355,6 +355,12 @@ def test_default_shutdown_leaves_time_to_drain(default: Rendered) -> None:
     assert 0 < sleep < default.pod["terminationGracePeriodSeconds"] - 10
 
 
+def test_default_keep_alive_outlasts_load_balancer_idle_timeouts(default: Rendered) -> None:
+    """config.toml keeps idle connections open longer than the usual load-balancer and mesh
+    idle timeout (60 s), so a pooled connection is never closed just as it is reused."""
+    assert default.config["server"]["keep_alive_seconds"] > 60
+
+
 def test_default_container_starts_the_image_with_the_mounted_config(default: Rendered) -> None:
     """The container runs `serve --config` on the mounted ConfigMap, image tag = appVersion."""
     container = default.container
