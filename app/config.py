@@ -119,6 +119,12 @@ class ServerSettings(_Strict):
     # and reuse them after up to their own idle timeout (60 s on most): closing first races
     # their reuse and the caller gets a reset, so this must be longer than theirs.
     keep_alive_seconds: PositiveSeconds = 75.0
+    # Request limits, enforced before a request reaches the app (app.transport.limits, whose
+    # defaults are the same). The floors leave room for the broker's own requests.
+    max_target_bytes: Annotated[int, Field(ge=1024)] = 16 * 1024  # path + query: else 414
+    max_header_bytes: Annotated[int, Field(ge=4096)] = 64 * 1024  # all header fields: else 431
+    max_headers: Annotated[int, Field(ge=16)] = 200  # header fields: else 431
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024  # API bodies: else 413
     health_details: bool = True  # false: /health leaves out per-client detail and error texts
     # The broker's origin as callers reach it (behind a load balancer or ingress that terminates
     # TLS): the RFC 8414 issuer. Unset: taken from each request's scheme and Host.

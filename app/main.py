@@ -23,13 +23,14 @@ from app.clock import SYSTEM_CLOCK, Clock
 from app.config import BudgetSettings, Settings, StoreSettings
 from app.observability.fleet import heartbeating
 from app.observability.metrics import BrokerMetrics
-from app.observability.request_log import RequestLogMiddleware
+from app.observability.request_log import RequestLogMiddleware, refused_request_log
 from app.services import Services
 from app.store.memory import MemoryStore
 from app.store.memory_budget import MemoryBudget
 from app.store.ports import Store
 from app.tokens.model import ClientPolicy
 from app.tokens.service import TokenService
+from app.transport.limits import REFUSAL_HOOK_STATE
 from app.upstream.oauth import UpstreamTokenClient
 from app.upstream.proxy import UpstreamProxy
 
@@ -165,6 +166,9 @@ def create_app(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> FastAPI:
         redirect_slashes=False,  # an API answers the path it was asked, never a redirect
     )
     install_error_handlers(app)
+    # Requests the HTTP layer refuses before routing are logged and counted like any other
+    # (app.transport reads this hook; the app itself never sees those requests).
+    setattr(app.state, REFUSAL_HOOK_STATE, refused_request_log(metrics))
     # Middleware added last runs first: the request log wraps the warm token path, so the
     # requests that path answers are logged and counted like every other.
     app.add_middleware(tokens.WarmTokenPath, clients=settings.clients)

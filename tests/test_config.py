@@ -234,6 +234,30 @@ BAD_CASES = [
         "greater than 0",
     ),
     BadCase(
+        "request target limit too small for the broker's own paths",
+        lambda c, _: c["server"].update(max_target_bytes=100),
+        "server.max_target_bytes",
+        "greater than or equal to 1024",
+    ),
+    BadCase(
+        "header bytes limit too small",
+        lambda c, _: c["server"].update(max_header_bytes=1000),
+        "server.max_header_bytes",
+        "greater than or equal to 4096",
+    ),
+    BadCase(
+        "header count limit too small",
+        lambda c, _: c["server"].update(max_headers=3),
+        "server.max_headers",
+        "greater than or equal to 16",
+    ),
+    BadCase(
+        "API body limit too small",
+        lambda c, _: c["server"].update(max_body_bytes=10),
+        "server.max_body_bytes",
+        "greater than or equal to 1024",
+    ),
+    BadCase(
         "port 0",
         lambda c, _: c["server"].update(port=0),
         "server.port",

@@ -22,7 +22,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
@@ -187,3 +187,27 @@ class RequestLogMiddleware:
         if client is None and caller is not None:
             client = self.only_client.get(caller)
         return client if client in self.clients else None
+
+
+def refused_request_log(metrics: BrokerMetrics) -> Callable[[str, int, str, float], None]:
+    """What the HTTP layer calls for a request it refused before routing (an oversized or
+    malformed head, a declared body over the limit): one `http.request` line and the HTTP
+    metrics, as for any other request, with the route `unmatched` and no caller or client."""
+
+    def record(method: str, status: int, code: str, seconds: float) -> None:
+        method = method if method in _METHODS else "OTHER"
+        metrics.http_request(UNMATCHED, method, status, seconds)
+        log_event(
+            log,
+            logging.INFO,
+            "http.request",
+            method=method,
+            path=UNMATCHED,
+            status=status,
+            latency_ms=round(seconds * 1000, 1),
+            caller=None,
+            client=None,
+            outcome=code,
+        )
+
+    return record

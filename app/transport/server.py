@@ -1,7 +1,8 @@
 """Run the broker under uvicorn (uvloop + httptools): the main listener and the ops listener.
 
 Both listeners refuse oversized or malformed request heads with contract JSON
-(`app.transport.limits`), and API request bodies over `MAX_API_BODY_BYTES` with 413.
+(`app.transport.limits`), and API request bodies over `server.max_body_bytes` with 413; each
+refusal goes to the app's `RefusalHook` (logged and counted like any other request).
 
 One process, one event loop, one app, one set of services:
 
@@ -39,17 +40,24 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.config import Settings
 from app.observability.logs import log_event
 from app.transport.errors import error_json
-from app.transport.limits import LimitedClientCertProtocol, LimitedHttpToolsProtocol
+from app.transport.limits import (
+    MAX_BODY_BYTES,
+    REFUSAL_HOOK_STATE,
+    HeadLimits,
+    LimitedHttpToolsProtocol,
+    RefusalHook,
+    limited_protocol,
+)
 from app.transport.tls import RELOAD_INTERVAL_SECONDS, ReloadingTlsContext
 
 log = logging.getLogger(__name__)
 
 GRACEFUL_SHUTDOWN_SECONDS = 20
 START_POLL_SECONDS = 0.01
-MAX_API_BODY_BYTES = 1024 * 1024
-"""The API's bodies are small JSON; FastAPI would read any size into memory before a handler or
-a credential check could refuse it. The proxy (`proxy.max_body_bytes`, 413) and the OAuth
-endpoints (64 KiB, RFC 6749's 400 `invalid_request`) stream and limit their own bodies."""
+# The API's bodies are small JSON; FastAPI would read any size into memory before a handler or
+# a credential check could refuse it, hence `server.max_body_bytes`. The proxy
+# (`proxy.max_body_bytes`, 413) and the OAuth endpoints (64 KiB, RFC 6749's 400
+# `invalid_request`) stream and limit their own bodies.
 OWN_BODY_LIMITS = ("/proxy/", "/oauth2/", "/auth/realms/")
 
 
@@ -82,13 +90,25 @@ class ListenerApp:
 
     With `ops_only`, paths other than `/health*` and `/metrics` get the contract's JSON 404
     without reaching the app; the paths that do reach it are answered exactly as on the main
-    port (same routes, middleware and error handlers).
+    port (same routes, middleware and error handlers). A body declared larger than
+    `max_body_bytes` is refused here (413) and reported to `on_refused`; one that grows past it
+    (chunked) is refused inside the app, whose request log sees it.
     """
 
-    def __init__(self, app: ASGIApp, state: dict[str, Any], *, ops_only: bool = False) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        state: dict[str, Any],
+        *,
+        ops_only: bool = False,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        on_refused: RefusalHook | None = None,
+    ) -> None:
         self._app = app
         self._state = state  # filled in by BrokerServer once the lifespan has started
         self._ops_only = ops_only
+        self._max_body = max_body_bytes
+        self._on_refused = on_refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one HTTP request (listeners run without lifespan or websockets)."""
@@ -98,15 +118,21 @@ class ListenerApp:
             await error_json(404, "not_found", "Not Found")(scope, receive, send)
             return
         if not scope["path"].startswith(OWN_BODY_LIMITS):
-            if declared_length(scope) > MAX_API_BODY_BYTES:
-                await error_json(413, "request_too_large", TOO_LARGE)(scope, receive, send)
+            if declared_length(scope) > self._max_body:
+                await error_json(413, "request_too_large", too_large(self._max_body))(
+                    scope, receive, send
+                )
+                if self._on_refused is not None:
+                    self._on_refused(scope["method"], 413, "request_too_large", 0.0)
                 return
-            receive = limited_body(receive, MAX_API_BODY_BYTES)
+            receive = limited_body(receive, self._max_body)
         scope["state"] = dict(self._state)  # a shallow copy per request, as uvicorn makes
         await self._app(scope, receive, send)
 
 
-TOO_LARGE = f"request body larger than {MAX_API_BODY_BYTES} bytes"
+def too_large(limit: int) -> str:
+    """The 413 description for API bodies over `limit` bytes."""
+    return f"request body larger than {limit} bytes"
 
 
 def declared_length(scope: Scope) -> int:
@@ -128,7 +154,7 @@ def limited_body(receive: Receive, limit: int) -> Receive:
         if received > limit:
             # FastAPI re-raises an HTTPException from body parsing as it is: the error
             # handlers turn it into the contract's 413 `request_too_large`.
-            raise HTTPException(413, TOO_LARGE)
+            raise HTTPException(413, too_large(limit))
         return message
 
     return receive_limited
@@ -160,21 +186,45 @@ class BrokerServer:
         self.tls = ReloadingTlsContext(server) if server.tls_enabled else None
         self.reload_interval = reload_interval
         self._state: dict[str, Any] = {}
+        self.limits = HeadLimits(
+            server.max_target_bytes, server.max_header_bytes, server.max_headers
+        )
+        # Requests refused before routing are logged and counted by the app's own hook.
+        self.on_refused: RefusalHook | None = getattr(app.state, REFUSAL_HOOK_STATE, None)
         self.main = Listener(self._main_config(settings))
         self.ops: Listener | None = None
         if server.ops_port is not None:
-            ops_app = ListenerApp(self.app, self._state, ops_only=True)
+            ops_app = self._listener_app(ops_only=True)
             self.ops = Listener(self._config(ops_app, server.ops_port, settings))
         self._stopping = asyncio.Event()
         self._signals = 0
 
-    @staticmethod
-    def _config(app: ListenerApp, port: int, settings: Settings, **extra: Any) -> uvicorn.Config:
+    def _listener_app(self, *, ops_only: bool = False) -> ListenerApp:
+        return ListenerApp(
+            self.app,
+            self._state,
+            ops_only=ops_only,
+            max_body_bytes=self.settings.server.max_body_bytes,
+            on_refused=self.on_refused,
+        )
+
+    def _config(
+        self,
+        app: ListenerApp,
+        port: int,
+        settings: Settings,
+        *,
+        client_certs: bool = False,
+        **extra: Any,
+    ) -> uvicorn.Config:
         host = settings.server.host
-        return uvicorn_config(app, host, port, settings, lifespan="off", ws="none", **extra)
+        http = limited_protocol(self.limits, self.on_refused, client_certs=client_certs)
+        return uvicorn_config(
+            app, host, port, settings, http=http, lifespan="off", ws="none", **extra
+        )
 
     def _main_config(self, settings: Settings) -> uvicorn.Config:
-        app, port = ListenerApp(self.app, self._state), settings.server.port
+        app, port = self._listener_app(), settings.server.port
         if self.tls is None:
             return self._config(app, port, settings)
         tls = self.tls
@@ -182,7 +232,7 @@ class BrokerServer:
             app,
             port,
             settings,
-            http=LimitedClientCertProtocol,
+            client_certs=True,
             ssl_context_factory=lambda _config, _default: tls.context,
         )
 
