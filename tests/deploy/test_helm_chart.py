@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from app.config import Settings
+from app.transport.server import GRACEFUL_SHUTDOWN_SECONDS
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "paysera-token-broker"
@@ -350,9 +351,26 @@ def test_default_service_targets_the_pods_named_port(default: Rendered) -> None:
 
 
 def test_default_shutdown_leaves_time_to_drain(default: Rendered) -> None:
-    """preStop waits for endpoint removal, and the grace period leaves uvicorn time to drain."""
-    sleep = default.container["lifecycle"]["preStop"]["sleep"]["seconds"]
-    assert 0 < sleep < default.pod["terminationGracePeriodSeconds"] - 10
+    """preStop waits for endpoint removal (Kubernetes' `sleep` action, nothing needed in the
+    image), and the grace period covers the pause plus the broker's whole drain of in-flight
+    requests (GRACEFUL_SHUTDOWN_SECONDS)."""
+    pre_stop = default.container["lifecycle"]["preStop"]
+    assert set(pre_stop) == {"sleep"}
+    sleep = pre_stop["sleep"]["seconds"]
+    assert sleep >= 5
+    assert sleep + GRACEFUL_SHUTDOWN_SECONDS < default.pod["terminationGracePeriodSeconds"]
+
+
+@pytest.mark.parametrize(
+    ("pause", "grace"), [(5, 26), (15, 30), (30, 30)], ids=["26 s", "pause 15", "pause 30"]
+)
+def test_a_grace_period_too_short_to_drain_is_refused(
+    render: Render, pause: int, grace: int
+) -> None:
+    """A grace period shorter than the preStop pause + 20 s drain + 2 s fails the install."""
+    with pytest.raises(RenderError, match="terminationGracePeriodSeconds must be at least"):
+        render(preStopSleepSeconds=pause, terminationGracePeriodSeconds=grace)
+    render(preStopSleepSeconds=pause, terminationGracePeriodSeconds=pause + 22)
 
 
 def test_default_keep_alive_outlasts_load_balancer_idle_timeouts(default: Rendered) -> None:

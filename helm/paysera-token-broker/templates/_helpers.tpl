@@ -135,4 +135,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if eq (int .Values.ports.http) (int .Values.ports.ops) }}
 {{- fail "ports.ops must differ from ports.http" }}
 {{- end }}
+{{- /* The grace period covers the preStop pause, the broker's drain of in-flight requests (up
+to 20 s, app/transport/server.py GRACEFUL_SHUTDOWN_SECONDS) and closing its connections. */}}
+{{- $needed := add (int .Values.preStopSleepSeconds) 20 2 }}
+{{- if lt (int .Values.terminationGracePeriodSeconds) (int $needed) }}
+{{- fail (printf "terminationGracePeriodSeconds must be at least preStopSleepSeconds + 22 (%d): the broker drains in-flight requests for up to 20 s after the pause" $needed) }}
+{{- end }}
 {{- end }}
