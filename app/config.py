@@ -37,7 +37,7 @@ from pydantic_settings import (
 )
 
 from app.errors import ConfigError
-from app.store.topology import SENTINEL_SCHEME, check_cluster_url, parse_sentinel_url
+from app.store.topology import SENTINEL_SCHEMES, check_cluster_url, parse_sentinel_url
 
 CONFIG_ENV_VAR = "TOKEN_BROKER_CONFIG"
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
@@ -152,7 +152,13 @@ class StoreSettings(_Strict):
     redis_url: SecretStr | None = None  # may embed a password
     key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] = "tb"
     cluster: bool = False
-    socket_timeout_seconds: PositiveSeconds = 1.0
+    # Connections for commands, per instance (the change feed's subscription is one more); at
+    # the bound a command waits up to pool_timeout_seconds, then fails as the store being
+    # unavailable (counted, logged). See app.store.redis_pool.
+    max_connections: Annotated[int, Field(ge=1)] = 64
+    pool_timeout_seconds: PositiveSeconds = 1.0
+    connect_timeout_seconds: PositiveSeconds = 1.0  # TCP (and TLS) connect, to Redis or Sentinel
+    socket_timeout_seconds: PositiveSeconds = 1.0  # one command's answer
 
     @field_validator("redis_url")
     @classmethod
@@ -161,10 +167,10 @@ class StoreSettings(_Strict):
             return None
         text = url.get_secret_value()
         scheme = urlsplit(text).scheme
-        allowed = ("redis", "rediss", SENTINEL_SCHEME, "unix")
+        allowed = ("redis", "rediss", *SENTINEL_SCHEMES, "unix")
         if scheme not in allowed:
             raise ValueError(f"redis_url scheme must be one of {', '.join(allowed)}")
-        if scheme == SENTINEL_SCHEME:
+        if scheme in SENTINEL_SCHEMES:
             parse_sentinel_url(text)
         elif scheme != "unix" and not urlsplit(text).hostname:
             raise ValueError("redis_url needs a host")

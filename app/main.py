@@ -37,13 +37,16 @@ from app.upstream.proxy import UpstreamProxy
 HTTP_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
 
 
-def build_store(settings: StoreSettings, clock: Clock) -> Store:
+def build_store(
+    settings: StoreSettings, clock: Clock, metrics: BrokerMetrics | None = None
+) -> Store:
     """The embedded store, or the Redis adapter when `redis_url` is set."""
     if settings.redis_url is None:
         return MemoryStore(clock=clock)
     from app.store.redis import RedisStore  # imported only when configured
 
-    return RedisStore(settings, clock=clock)
+    exhausted = metrics.store_pool_exhausted.inc if metrics is not None else None
+    return RedisStore(settings, clock=clock, on_pool_exhausted=exhausted)
 
 
 def policies_of(settings: Settings) -> dict[str, ClientPolicy]:
@@ -96,7 +99,7 @@ async def open_services(
     """Open the store and the upstream HTTP client, build the services, close both after."""
     if metrics is None:
         metrics = BrokerMetrics(settings.clients, settings.callers, clock=clock)
-    store = build_store(settings.store, clock)
+    store = build_store(settings.store, clock, metrics)
     await store.start()
     try:
         async with httpx.AsyncClient(limits=HTTP_LIMITS, follow_redirects=False) as http:

@@ -258,6 +258,33 @@ BAD_CASES = [
         "greater than or equal to 1024",
     ),
     BadCase(
+        "no Redis connection allowed",
+        lambda c, _: c.update(store={"max_connections": 0}),
+        "store.max_connections",
+        "greater than or equal to 1",
+    ),
+    BadCase(
+        "no wait for a Redis connection",
+        lambda c, _: c.update(store={"pool_timeout_seconds": 0}),
+        "store.pool_timeout_seconds",
+        "greater than 0",
+    ),
+    BadCase(
+        "no time to connect to Redis",
+        lambda c, _: c.update(store={"connect_timeout_seconds": 0}),
+        "store.connect_timeout_seconds",
+        "greater than 0",
+    ),
+    BadCase(
+        "TLS options on a plain Sentinel URL",
+        lambda c, _: c.update(
+            store={"redis_url": f"redis+sentinel://:{SECRET}@s1/m?ssl_ca_certs=/ca.pem"}
+        ),
+        "store.redis_url",
+        "rediss+sentinel",
+        hidden=(SECRET,),
+    ),
+    BadCase(
         "port 0",
         lambda c, _: c["server"].update(port=0),
         "server.port",
@@ -561,6 +588,9 @@ def test_contract_defaults(tmp_path: Path) -> None:
     assert settings.server.keep_alive_seconds == 75
     assert settings.store.redis_url is None
     assert (settings.store.key_prefix, settings.store.cluster) == ("tb", False)
+    store = settings.store
+    assert (store.max_connections, store.pool_timeout_seconds) == (64, 1.0)
+    assert (store.connect_timeout_seconds, store.socket_timeout_seconds) == (1.0, 1.0)
     budget = settings.budget
     assert (budget.limit, budget.window_seconds, budget.max_wait_seconds) == (50, 60, 30)
     assert (budget.safety_margin_seconds, budget.count_token_requests) == (1.0, False)

@@ -182,6 +182,12 @@ class BrokerMetrics:
                 registry=r,
             )
         )
+        self.store_pool_exhausted = Counter(
+            f"{PREFIX}_store_pool_exhausted",
+            "Store commands that found every connection (store.max_connections) busy for "
+            "store.pool_timeout_seconds and failed; each is also a store error.",
+            registry=r,
+        )
 
     def _budget_metrics(self) -> None:
         r = self.registry

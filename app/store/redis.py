@@ -42,6 +42,7 @@ from app.clock import SYSTEM_CLOCK, Clock
 from app.errors import StoreUnavailable
 from app.observability.fleet import InstanceInfo
 from app.observability.logs import log_event
+from app.store.redis_pool import ConnectionGate
 from app.store.redis_topology import (
     CLIENT_ERRORS,
     SENTINEL_POLL_SECONDS,
@@ -129,11 +130,21 @@ async def translated(operation: str) -> AsyncIterator[None]:
 class RedisStore:
     """`Store` on Redis: one server (`redis://`, `rediss://`, Unix socket), Sentinel or Cluster."""
 
-    def __init__(self, settings: StoreSettings, *, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self,
+        settings: StoreSettings,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        on_pool_exhausted: Callable[[], None] | None = None,
+    ) -> None:
         assert settings.redis_url is not None
         self._clock = clock
         self.keys = KeySchema(settings.key_prefix)
-        self.topology = open_topology(settings)
+        # At most max_connections commands at once; one at the bound waits, then fails.
+        self.gate = ConnectionGate(
+            settings.max_connections, settings.pool_timeout_seconds, on_pool_exhausted
+        )
+        self.topology = open_topology(settings, self.gate)
         self.kind = self.topology.kind
         self.redis: AnyRedis = self.topology.client
         # How long an instance may still write to an old primary after the switch: two polls

@@ -2,7 +2,8 @@
 
 `RedisStore` talks to whichever `RedisTopology` `open_topology` returns; all three run the same
 Lua scripts (every script's keys share one hash tag, so one Cluster slot) and the same change
-feed.
+feed. Every client's commands pass the `ConnectionGate` of `app.store.redis_pool`, which keeps
+the instance within `store.max_connections` and makes a command at the bound wait.
 
 Sentinel: redis-py asks Sentinel for the primary only when it opens a connection, so pooled
 connections would stay on an old primary that Sentinel has not yet demoted (it keeps accepting
@@ -23,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
@@ -33,7 +35,8 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from app.observability.logs import log_event
-from app.store.topology import SENTINEL_SCHEME, parse_sentinel_url
+from app.store.redis_pool import ConnectionGate, GatedRedis, GatedRedisCluster
+from app.store.topology import SENTINEL_SCHEMES, parse_sentinel_url
 
 if TYPE_CHECKING:  # adapters read settings; only app.main hands them over
     from app.config import StoreSettings
@@ -82,23 +85,36 @@ def _connection_kwargs(settings: StoreSettings) -> dict[str, Any]:
     return {
         "decode_responses": True,
         "socket_timeout": settings.socket_timeout_seconds,
-        "socket_connect_timeout": settings.socket_timeout_seconds,
-        # One quick retry rides out a dropped pooled connection; more would only delay the
-        # fallback to L1 while Redis is really down.
-        "retry": Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
+        "socket_connect_timeout": settings.connect_timeout_seconds,
+        "retry": _quick_retry(),
         "health_check_interval": 15,
+        # The gate keeps commands within max_connections; the one more is the change feed's
+        # subscription, which the same pool lends. (Cluster: per node.)
+        "max_connections": settings.max_connections + 1,
     }
 
 
-def open_topology(settings: StoreSettings) -> RedisTopology:
-    """The client `settings` names (no connection is opened yet)."""
+def _quick_retry() -> Retry:
+    # One quick retry rides out a dropped pooled connection; more would only delay the
+    # fallback to L1 while Redis is really down (redis-py's default backs off for seconds).
+    return Retry(ExponentialBackoff(cap=0.05, base=0.01), 1)
+
+
+def open_topology(settings: StoreSettings, gate: ConnectionGate) -> RedisTopology:
+    """The client `settings` names, its commands passing `gate` (no connection opened yet)."""
     assert settings.redis_url is not None
     url = settings.redis_url.get_secret_value()
     if settings.cluster:
-        return ClusterTopology(url, settings)
-    if url.startswith(f"{SENTINEL_SCHEME}://"):
-        return SentinelTopology(url, settings)
-    return StandaloneTopology(url, settings)
+        return ClusterTopology(url, settings, gate)
+    if urlsplit(url).scheme in SENTINEL_SCHEMES:
+        return SentinelTopology(url, settings, gate)
+    return StandaloneTopology(url, settings, gate)
+
+
+def _gated(client: aioredis.Redis, gate: ConnectionGate) -> GatedRedis:
+    assert isinstance(client, GatedRedis)
+    client.gate = gate
+    return client
 
 
 async def _ping(client: aioredis.Redis) -> bool:
@@ -113,8 +129,9 @@ class StandaloneTopology:
 
     kind = "redis"
 
-    def __init__(self, url: str, settings: StoreSettings) -> None:
-        self.client: aioredis.Redis = aioredis.Redis.from_url(url, **_connection_kwargs(settings))
+    def __init__(self, url: str, settings: StoreSettings, gate: ConnectionGate) -> None:
+        client = GatedRedis.from_url(url, **_connection_kwargs(settings))
+        self.client: aioredis.Redis = _gated(client, gate)
 
     async def start(self) -> None:
         """Nothing to start."""
@@ -165,28 +182,35 @@ class SentinelTopology:
 
     kind = "redis-sentinel"
 
-    def __init__(self, url: str, settings: StoreSettings) -> None:
+    def __init__(self, url: str, settings: StoreSettings, gate: ConnectionGate) -> None:
         parts = parse_sentinel_url(url)
-        kwargs = _connection_kwargs(settings)
+        # rediss+sentinel://: TLS to the sentinels and to the data nodes alike (redis-py's
+        # Sentinel pool picks its SSL connection class from `ssl`).
+        tls: dict[str, Any] = {"ssl": True, **parts.tls_options} if parts.tls else {}
+        kwargs = _connection_kwargs(settings) | tls
         sentinel_auth = {"username": parts.username, "password": parts.password}
         if parts.sentinel_password_given:
             sentinel_auth = {"username": None, "password": parts.sentinel_password}
         sentinel_kwargs = {
             "socket_timeout": settings.socket_timeout_seconds,
-            "socket_connect_timeout": settings.socket_timeout_seconds,
+            "socket_connect_timeout": settings.connect_timeout_seconds,
             "decode_responses": True,
+            "retry": _quick_retry(),  # asked twice a second: an unreachable one fails fast
             **sentinel_auth,
+            **tls,
         }
         self.sentinel = NewestViewSentinel(  # type: ignore[no-untyped-call]
             list(parts.sentinels), sentinel_kwargs=sentinel_kwargs, **kwargs
         )
         self.service = parts.service_name
-        self.client: aioredis.Redis = self.sentinel.master_for(
+        primary = self.sentinel.master_for(
             parts.service_name,
+            redis_class=GatedRedis,
             db=parts.db,
             username=parts.username,
             password=parts.password,
         )
+        self.client: aioredis.Redis = _gated(primary, gate)
         self._follower: asyncio.Task[None] | None = None
         self._primary: tuple[str, int] | None = None
 
@@ -259,8 +283,11 @@ class ClusterTopology:
 
     kind = "redis-cluster"
 
-    def __init__(self, url: str, settings: StoreSettings) -> None:
-        self.client: RedisCluster = RedisCluster.from_url(url, **_connection_kwargs(settings))
+    def __init__(self, url: str, settings: StoreSettings, gate: ConnectionGate) -> None:
+        client = GatedRedisCluster.from_url(url, **_connection_kwargs(settings))
+        assert isinstance(client, GatedRedisCluster)
+        client.gate = gate
+        self.client: RedisCluster = client
         self._next_node = 0
 
     async def start(self) -> None:

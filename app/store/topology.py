@@ -4,20 +4,32 @@
     redis+sentinel://[[user]:password@]h1:p1,h2:p2/service_name/db[?sentinel_password=...]
                                                          Sentinel: the current primary of
                                                          `service_name`, followed across failovers
+    rediss+sentinel://...[?ssl_ca_certs=PATH&...]        the same over TLS, to the sentinels and
+                                                         to the data nodes
     redis://seed:port with store.cluster = true          Redis Cluster, discovered from one seed
 
 The credentials in a Sentinel URL authenticate to the data nodes and, unless
 `sentinel_password` says otherwise (empty: none), to the sentinels too, as bitnami's chart
-(`auth.sentinel = true`) configures them. Messages never repeat the URL: it may hold a password.
+(`auth.sentinel = true`) configures them. With `rediss+sentinel://` every connection, to a
+sentinel or a data node, is TLS (bitnami's `tls.enabled` secures both); the query options
+`ssl_ca_certs` (a CA bundle, else the system's), `ssl_certfile` / `ssl_keyfile` (a client
+certificate, for `tls-auth-clients yes`) and `ssl_check_hostname` (`true`, the default, or
+`false` when the certificates do not name the addresses Sentinel announces) apply to both, with
+the names and meaning they have in a `rediss://` URL. Messages never repeat the URL: it may hold
+a password.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
 SENTINEL_SCHEME = "redis+sentinel"
+SENTINEL_TLS_SCHEME = "rediss+sentinel"
+SENTINEL_SCHEMES = (SENTINEL_SCHEME, SENTINEL_TLS_SCHEME)
 DEFAULT_SENTINEL_PORT = 26379
+TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname")
+QUERY_OPTIONS = ("sentinel_password", *TLS_OPTIONS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,13 +43,17 @@ class SentinelUrl:
     password: str | None = None
     sentinel_password: str | None = None  # None: the same credentials as the data nodes
     sentinel_password_given: bool = False
+    tls: bool = False  # rediss+sentinel://: TLS to the sentinels and to the data nodes
+    tls_options: dict[str, str | bool] = field(default_factory=dict)  # redis-py's ssl_* kwargs
 
 
 def parse_sentinel_url(url: str) -> SentinelUrl:
     """Split a Sentinel URL; ValueError (without the URL) when it is malformed."""
     parts = urlsplit(url)
-    if parts.scheme != SENTINEL_SCHEME:
-        raise ValueError(f"a Sentinel URL starts with {SENTINEL_SCHEME}://")
+    if parts.scheme not in SENTINEL_SCHEMES:
+        raise ValueError(
+            f"a Sentinel URL starts with {SENTINEL_SCHEME}:// or {SENTINEL_TLS_SCHEME}://"
+        )
     credentials, _, hosts = parts.netloc.rpartition("@")
     username, password = _credentials(credentials)
     sentinels = tuple(_host_port(item) for item in hosts.split(","))
@@ -45,15 +61,50 @@ def parse_sentinel_url(url: str) -> SentinelUrl:
     if not path or len(path) > 2:
         raise ValueError("a Sentinel URL needs /service_name or /service_name/db after the hosts")
     db = _db(path[1]) if len(path) == 2 else 0
-    query = parse_qs(parts.query, keep_blank_values=True)
-    unknown = set(query) - {"sentinel_password"}
-    if unknown or len(query.get("sentinel_password", [])) > 1:
-        raise ValueError("the only query option of a Sentinel URL is one sentinel_password")
+    query = _query(parts.query)
+    tls = parts.scheme == SENTINEL_TLS_SCHEME
     given = "sentinel_password" in query
-    sentinel_password = query["sentinel_password"][0] if given else None
+    sentinel_password = query.pop("sentinel_password", None)
     return SentinelUrl(
-        sentinels, unquote(path[0]), db, username, password, sentinel_password or None, given
+        sentinels,
+        unquote(path[0]),
+        db,
+        username,
+        password,
+        sentinel_password or None,
+        given,
+        tls,
+        _tls_options(query, tls),
     )
+
+
+def _query(text: str) -> dict[str, str]:
+    """The query options, each given once and known."""
+    query = parse_qs(text, keep_blank_values=True)
+    if set(query) - set(QUERY_OPTIONS) or any(len(values) > 1 for values in query.values()):
+        raise ValueError(
+            f"the query options of a Sentinel URL are {', '.join(QUERY_OPTIONS)}, each once"
+        )
+    return {name: values[0] for name, values in query.items()}
+
+
+def _tls_options(query: dict[str, str], tls: bool) -> dict[str, str | bool]:
+    """redis-py's ssl_* keyword arguments from the ssl_* query options."""
+    if query and not tls:
+        raise ValueError(f"the ssl_* query options need {SENTINEL_TLS_SCHEME}:// (TLS)")
+    if "ssl_keyfile" in query and "ssl_certfile" not in query:
+        raise ValueError("ssl_keyfile needs ssl_certfile (the client certificate)")
+    options: dict[str, str | bool] = {}
+    for name, value in query.items():
+        if name == "ssl_check_hostname":
+            if value not in ("true", "false"):
+                raise ValueError("ssl_check_hostname is true or false")
+            options[name] = value == "true"
+        elif not value:
+            raise ValueError(f"{name} needs a file path")
+        else:
+            options[name] = value
+    return options
 
 
 def check_cluster_url(url: str) -> None:

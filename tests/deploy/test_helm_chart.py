@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from app.config import Settings
+from app.config import Settings, StoreSettings
 from app.transport.server import GRACEFUL_SHUTDOWN_SECONDS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -624,6 +624,18 @@ def test_sentinel_url_gets_the_password_from_the_secret(render: Render) -> None:
     scheme, rest = url.split("://", 1)
     assert env["TOKEN_BROKER_STORE__REDIS_URL"]["value"] == f"{scheme}://:$(REDIS_PASSWORD)@{rest}"
     assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "redis"
+
+
+def test_sentinel_over_tls_url_renders_and_loads(render: Render) -> None:
+    """A rediss+sentinel:// URL with its ssl_* options passes the schema, keeps its options and
+    gets the password spliced in like a plain Sentinel URL; the broker accepts the result."""
+    url = "rediss+sentinel://redis-node-0.redis-headless:26379/mymaster/0?ssl_ca_certs=/tls/ca.pem"
+    rendered = render("sentinel-values.yaml", **{"redis.url": url})
+    assert rendered.config["store"]["redis_url"] == url
+    spliced = rendered.env()["TOKEN_BROKER_STORE__REDIS_URL"]["value"]
+    assert spliced == url.replace("://", "://:$(REDIS_PASSWORD)@", 1)
+    store = StoreSettings(redis_url=spliced.replace("$(REDIS_PASSWORD)", "stand-in"))
+    assert store.redis_url is not None
 
 
 def test_redis_url_from_a_secret_leaves_it_out_of_the_config(render: Render) -> None:

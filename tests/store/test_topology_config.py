@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from pydantic import ValidationError
 
@@ -30,6 +32,55 @@ def test_sentinel_password_option() -> None:
     parts = parse_sentinel_url("redis+sentinel://u:p@s1:1/m?sentinel_password=")
     assert (parts.username, parts.password) == ("u", "p")
     assert parts.sentinel_password_given and parts.sentinel_password is None
+
+
+def test_plain_sentinel_url_asks_for_no_tls() -> None:
+    """redis+sentinel:// talks plain TCP to sentinels and data nodes, as before."""
+    parts = parse_sentinel_url(f"redis+sentinel://:{PASSWORD}@s1/m")
+    assert (parts.tls, parts.tls_options) == (False, {})
+
+
+def test_rediss_sentinel_url_asks_for_tls_with_its_options() -> None:
+    """rediss+sentinel:// asks for TLS everywhere; ssl_* options become redis-py's keywords,
+    ssl_check_hostname a boolean; sentinel_password still works beside them."""
+    url = (
+        f"rediss+sentinel://:{PASSWORD}@s1:26380,s2/mymaster/1?ssl_ca_certs=/etc/tb/ca.pem"
+        "&ssl_certfile=/etc/tb/client.pem&ssl_keyfile=/etc/tb/client.key"
+        "&ssl_check_hostname=false&sentinel_password="
+    )
+    parts = parse_sentinel_url(url)
+    assert parts.tls
+    assert parts.tls_options == {
+        "ssl_ca_certs": "/etc/tb/ca.pem",
+        "ssl_certfile": "/etc/tb/client.pem",
+        "ssl_keyfile": "/etc/tb/client.key",
+        "ssl_check_hostname": False,
+    }
+    assert (parts.sentinels, parts.service_name, parts.db) == (
+        (("s1", 26380), ("s2", 26379)),
+        "mymaster",
+        1,
+    )
+    assert parts.sentinel_password_given and parts.sentinel_password is None
+    assert parse_sentinel_url("rediss+sentinel://s1/m").tls_options == {}
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("redis+sentinel://s1/m?ssl_ca_certs=/ca.pem", "need rediss+sentinel"),
+        ("rediss+sentinel://s1/m?ssl_keyfile=/k.pem", "ssl_keyfile needs ssl_certfile"),
+        ("rediss+sentinel://s1/m?ssl_check_hostname=no", "true or false"),
+        ("rediss+sentinel://s1/m?ssl_ca_certs=", "file path"),
+        ("rediss+sentinel://s1/m?ssl_ca_certs=/a&ssl_ca_certs=/b", "each once"),
+        ("rediss+sentinel://s1/m?ssl_cert_reqs=none", "query options"),
+    ],
+)
+def test_bad_sentinel_tls_options_are_refused(url: str, fragment: str) -> None:
+    """TLS options without TLS, a key without its certificate, a non-boolean hostname check,
+    an empty path, a repeated or an unknown option are refused, naming the problem."""
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        parse_sentinel_url(url)
 
 
 @pytest.mark.parametrize(
@@ -63,6 +114,7 @@ def test_bad_store_urls_are_refused_with_key_path(
     "store",
     [
         {"redis_url": "redis+sentinel://:pw@s1:26379,s2:26379/mymaster/0"},
+        {"redis_url": "rediss+sentinel://:pw@s1,s2/mymaster/0?ssl_ca_certs=/etc/tb/ca.pem"},
         {"redis_url": "redis://seed:7000/0", "cluster": True},
         {"redis_url": "rediss://seed:7000", "cluster": True},
         {"redis_url": "unix:///run/redis.sock"},
