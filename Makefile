@@ -42,8 +42,13 @@ $(VENV)/.installed: $(UV) pyproject.toml uv.lock client/pyproject.toml
 
 install: $(VENV)/.installed ## create .venv from uv.lock (runtime + dev tools + the client SDK, editable)
 
+# `make run PORT=18080 EMULATOR_PORT=18081` when 8080 or 8081 is taken (plain assignments: a
+# PORT variable in the environment does not change them, the command line does).
+PORT = 8080
+EMULATOR_PORT = 8081
+
 run: install ## start the demo: emulator + broker on the in-memory store, prints a curl line
-	$(BIN)/token-broker demo
+	@$(BIN)/token-broker demo --port $(PORT) --emulator-port $(EMULATOR_PORT)
 
 test: install $(HELM_STAMP) $(NODE_CLIENTS_STAMP) ## run the whole test suite (starts its own redis-server instances)
 	@command -v redis-server >/dev/null || { echo "redis-server is required: apt-get install -y redis-server"; exit 1; }

@@ -73,9 +73,13 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the emulator and a broker on the in-memory store; print a working curl line."""
-    from app.demo import run_demo
+    from app.demo import PortUnavailable, run_demo
 
-    run_demo(host=args.host, port=args.port, emulator_port=args.emulator_port)
+    try:
+        run_demo(host=args.host, port=args.port, emulator_port=args.emulator_port)
+    except PortUnavailable as exc:
+        print(f"token-broker demo: {exc}", file=sys.stderr)  # noqa: T201 - one line, no traceback
+        return 1
     return 0
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import socket
 
 from app.auth.callers import hash_api_key, new_api_key
 from app.config import Settings
@@ -32,22 +34,67 @@ def demo_settings(host: str, port: int, emulator_port: int, api_key: str) -> Set
     )
 
 
+class PortUnavailable(Exception):
+    """A port the demo needs cannot be listened on; the message is one line for the user."""
+
+
+def listening_socket(host: str, port: int, role: str) -> socket.socket:
+    """A socket bound to (host, port) for uvicorn to listen on; PortUnavailable if it cannot be.
+
+    Bound before anything starts, so a taken port is one clear line rather than a uvicorn
+    error and a traceback from each server.
+    """
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
+    )[0]
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only then.
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            problem = f"port {port} ({role}) is already in use on {host}"
+        else:
+            problem = f"cannot listen on {host}:{port} ({role}): {exc.strerror}"
+        raise PortUnavailable(
+            f"{problem}; pick free ports: make run PORT=18080 EMULATOR_PORT=18081 "
+            "(or token-broker demo --port 18080 --emulator-port 18081)"
+        ) from None
+    return sock
+
+
 def run_demo(host: str, port: int, emulator_port: int) -> None:
-    """Serve both until Ctrl-C / SIGTERM (one signal stops both, gracefully)."""
+    """Serve both until Ctrl-C / SIGTERM (one signal stops both, gracefully).
+
+    Raises PortUnavailable, before starting anything, when a port cannot be listened on.
+    """
+    broker_socket = listening_socket(host, port, "the broker")
+    try:
+        emulator_socket = listening_socket("127.0.0.1", emulator_port, "the emulator")
+    except PortUnavailable:
+        broker_socket.close()
+        raise
     api_key = new_api_key()
     settings = demo_settings(host, port, emulator_port, api_key)
     configure_logging("info", as_json=False)
     broker = BrokerServer(settings, create_app(settings))
-    with asyncio.Runner(loop_factory=broker.main.config.get_loop_factory()) as runner:
-        runner.run(serve_demo(broker, emulator_port, api_key))
+    with broker_socket, emulator_socket:
+        with asyncio.Runner(loop_factory=broker.main.config.get_loop_factory()) as runner:
+            runner.run(serve_demo(broker, (broker_socket, emulator_socket), api_key))
 
 
-async def serve_demo(broker: BrokerServer, emulator_port: int, api_key: str) -> None:
+async def serve_demo(
+    broker: BrokerServer, sockets: tuple[socket.socket, socket.socket], api_key: str
+) -> None:
     """Start the emulator, then the broker; print the curl line once both accept connections."""
+    broker_socket, emulator_socket = sockets
+    emulator_port = emulator_socket.getsockname()[1]
     app = create_emulator_app(EmulatorSettings(clients={DEMO_CLIENT_ID: DEMO_CLIENT_SECRET}))
     emulator = Listener(uvicorn_config(app, "127.0.0.1", emulator_port, broker.settings))
-    emulator_task = asyncio.create_task(emulator.serve())
-    broker_task = asyncio.create_task(broker.serve(handle_signals=True))
+    emulator_task = asyncio.create_task(emulator.serve(sockets=[emulator_socket]))
+    broker_task = asyncio.create_task(broker.serve(broker_socket, handle_signals=True))
     try:
         while not (emulator.started and broker.main.started):
             for task in (emulator_task, broker_task):

@@ -8,12 +8,14 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Empty, Queue
@@ -278,11 +280,106 @@ def stop(process: subprocess.Popen[str], sig: int = signal.SIGINT) -> int:
 
 
 def test_make_run_starts_the_demo() -> None:
-    """`make run` runs `token-broker demo`, which the next test proves end to end."""
+    """`make run` runs `token-broker demo` with PORT and EMULATOR_PORT, proven end to end
+    below (the demo itself, and `make run PORT=... EMULATOR_PORT=...`)."""
     makefile = (REPO_ROOT / "Makefile").read_text(encoding="utf-8")
     recipe = re.search(r"^run:.*\n((?:\t.*\n)+)", makefile, re.MULTILINE)
     assert recipe is not None
-    assert re.search(r"token-broker demo\b", recipe.group(1))
+    assert re.search(
+        r"token-broker demo --port \$\(PORT\) --emulator-port \$\(EMULATOR_PORT\)",
+        recipe.group(1),
+    )
+
+
+@contextmanager
+def taken_port() -> Iterator[int]:
+    """A loopback port some other program is listening on."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def make_run(*variables: str, **popen: Any) -> subprocess.Popen[str]:
+    """`make -s run VARIABLES...` in the repository, in a session of its own (Ctrl-C = SIGINT
+    to the whole group, as a terminal sends it)."""
+    return subprocess.Popen(
+        ["make", "-s", "--no-print-directory", "run", *variables],
+        cwd=REPO_ROOT,
+        text=True,
+        env=clean_env(),
+        start_new_session=True,
+        **popen,
+    )
+
+
+def test_make_run_with_the_broker_port_taken_says_so_in_one_line() -> None:
+    """`make run` whose broker port is taken prints one line naming the port and how to pick
+    others, exits non-zero, and prints no traceback (the emulator's port stays free)."""
+    emulator_port = free_port()
+    with taken_port() as port:
+        process = make_run(
+            f"PORT={port}",
+            f"EMULATOR_PORT={emulator_port}",
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        output, _ = process.communicate(timeout=60)
+    ours = [line for line in output.splitlines() if line and not line.startswith("make:")]
+    assert process.returncode != 0
+    assert len(ours) == 1, output
+    assert f"port {port} (the broker) is already in use" in ours[0]
+    assert "make run PORT=18080 EMULATOR_PORT=18081" in ours[0]
+    assert "Traceback" not in output
+    with socket.create_server(("127.0.0.1", emulator_port)):
+        pass  # nothing was left listening on the other port
+
+
+def test_demo_with_the_emulator_port_taken_says_so_in_one_line() -> None:
+    """`token-broker demo` whose emulator port is taken prints one line naming it and exits 1,
+    without starting the broker."""
+    port = free_port()
+    with taken_port() as emulator_port:
+        result = run_cli("demo", "--port", str(port), "--emulator-port", str(emulator_port))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("token-broker demo: ")
+    assert f"port {emulator_port} (the emulator) is already in use" in lines[0]
+    assert "make run PORT=18080 EMULATOR_PORT=18081" in lines[0]
+    with socket.create_server(("127.0.0.1", port)):
+        pass  # the broker never started
+
+
+def test_make_run_listens_on_port_and_emulator_port() -> None:
+    """`make run PORT=... EMULATOR_PORT=...` serves the broker and the emulator on those ports
+    and its curl line names the broker's."""
+    port, emulator_port = free_port(), free_port()
+    process = make_run(
+        f"PORT={port}",
+        f"EMULATOR_PORT={emulator_port}",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert process.stdout is not None
+    lines, reader = lines_of(process.stdout)
+    try:
+        curl = wait_for_line(lines, r"^\s*curl ", timeout=60)
+        wait_until_live(f"http://127.0.0.1:{port}")
+        stats = httpx.get(f"http://127.0.0.1:{emulator_port}/_emulator/stats", timeout=5)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        reader.join(timeout=5)
+        process.stdout.close()
+    assert f"'http://127.0.0.1:{port}/token?client=checkout'" in curl
+    assert stats.status_code == 200
 
 
 @dataclass
