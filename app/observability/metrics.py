@@ -214,8 +214,16 @@ class BrokerMetrics:
             f"{PREFIX}_build_info", "Always 1; the version as a label.", ["version"], registry=r
         )
         self.seconds_to_expiry = Gauge(
-            f"{PREFIX}_token_seconds_to_expiry",
+            f"{PREFIX}_token_expiry_seconds",
             "Seconds until the cached token of a client expires (absent: no token yet).",
+            ["client"],
+            registry=r,
+        )
+        # The name before the unit went last (0.1.0); exposed beside the new one for one
+        # release so dashboards and alerts can move over. Remove in the release after next.
+        self.seconds_to_expiry_alias = Gauge(
+            f"{PREFIX}_token_seconds_to_expiry",
+            "Deprecated alias of token_broker_token_expiry_seconds (removed after one release).",
             ["client"],
             registry=r,
         )
@@ -267,13 +275,14 @@ class BrokerMetrics:
     def set_expiry(self, client: str, seconds_left: float | None) -> None:
         """Seconds left on `client`'s token; None when this instance holds none."""
         self.token_valid.labels(client).set(1 if seconds_left and seconds_left > 0 else 0)
-        if seconds_left is None:
-            try:
-                self.seconds_to_expiry.remove(client)
-            except KeyError:
-                pass
-        else:
-            self.seconds_to_expiry.labels(client).set(max(0.0, seconds_left))
+        for gauge in (self.seconds_to_expiry, self.seconds_to_expiry_alias):
+            if seconds_left is None:
+                try:
+                    gauge.remove(client)
+                except KeyError:
+                    pass
+            else:
+                gauge.labels(client).set(max(0.0, seconds_left))
 
     def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
         """The registry and its content type: OpenMetrics when `accept` (the request's Accept
