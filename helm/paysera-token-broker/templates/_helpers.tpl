@@ -136,3 +136,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- fail "ports.ops must differ from ports.http" }}
 {{- end }}
 {{- end }}
+
+{{/* PromQL matchers picking this release's series (alerts; see prometheusRule.selector). */}}
+{{- define "tokenBroker.metricSelector" -}}
+{{- default (printf "job=%q, namespace=%q" (include "tokenBroker.fullname" .) .Release.Namespace) .Values.prometheusRule.selector }}
+{{- end }}
+
+{{/* Where probes, Prometheus and `helm test` reach /health* over plain HTTP: the Service port. */}}
+{{- define "tokenBroker.healthServicePort" -}}
+{{- if include "tokenBroker.opsEnabled" . }}{{ .Values.service.opsPort }}{{ else }}{{ .Values.service.port }}{{ end }}
+{{- end }}
