@@ -1115,3 +1115,15 @@ def test_schema_refuses_unknown_or_bad_monitoring_values(
     """The schema rejects misspelt monitoring keys and values the sidecar or rules cannot use."""
     with pytest.raises(RenderError, match=re.escape(message)):
         render(**sets)
+
+
+def test_tracing_values_become_the_tracing_table(render: Render) -> None:
+    """config.tracing renders [tracing] (absent by default, so tracing stays off)."""
+    assert "tracing" not in render().config
+    tracing = render("monitoring-values.yaml").config["tracing"]
+    assert tracing == {
+        "otlp_endpoint": "http://otel-collector.monitoring:4317",
+        "sample_ratio": 0.25,
+    }
+    with pytest.raises(RenderError, match=re.escape("'/config/tracing'")):
+        render(**{"config.tracing.endpoint": "http://c:4317"})
