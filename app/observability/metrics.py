@@ -33,6 +33,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from app.budget.ports import BudgetEvents
 from app.clock import SYSTEM_CLOCK, Clock
+from app.observability.history import History
 from app.observability.logs import REDACTOR, log_event
 from app.observability.recent_errors import RecentErrors
 from app.tokens.model import Token
@@ -94,6 +95,7 @@ class BrokerMetrics:
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             self.registry.register(collector)
         self.errors = RecentErrors(clock)
+        self.history = History(clock)  # the dashboard's last hour
         self._http_metrics()
         self._token_metrics()
         self._budget_metrics()
@@ -311,6 +313,7 @@ class TokenMetrics(TokenEvents):
         """See `TokenEvents.upstream_request`."""
         self._m.upstream_requests(self._m.client_label(client), outcome).inc()
         self._m.upstream_seconds(outcome).observe(seconds)
+        self._m.history.refresh(outcome == "ok")
         if detail is not None:
             self._m.errors.add("upstream", client, outcome, detail)
 
@@ -342,6 +345,7 @@ class TokenMetrics(TokenEvents):
     def store_error(self) -> None:
         """See `TokenEvents.store_error`."""
         self._m.store_errors("tokens").inc()
+        self._m.history.error()
         self._m.errors.add("store", None, "unavailable", "the store did not answer (tokens)")
 
 
@@ -355,10 +359,12 @@ class BudgetMetrics(BudgetEvents):
         """See `BudgetEvents.granted`."""
         self._m.budget_grants(self._m.client_label(client)).inc()
         self._m.budget_wait.observe(waited)
+        self._m.history.granted()
 
     def denied(self, client: str) -> None:
         """See `BudgetEvents.denied`."""
         self._m.budget_denials(self._m.client_label(client)).inc()
+        self._m.history.denied()
 
     def cooldown(self, seconds: float) -> None:
         """See `BudgetEvents.cooldown`."""
@@ -369,4 +375,5 @@ class BudgetMetrics(BudgetEvents):
     def store_error(self) -> None:
         """See `BudgetEvents.store_error`."""
         self._m.store_errors("budget").inc()
+        self._m.history.error()
         self._m.errors.add("store", None, "unavailable", "the store did not answer (budget)")
