@@ -118,7 +118,8 @@ async def test_an_untraced_caller_starts_the_trace_the_emulator_sees(
 async def test_a_token_request_is_a_server_span_with_its_upstream_fetch_inside(
     emulator: Emulator, store_config: dict[str, Any]
 ) -> None:
-    """GET /token gives one SERVER span; the cold fetch to the token endpoint is its child."""
+    """GET /token gives one SERVER span; the cold fetch to the token endpoint is its child, and
+    the token endpoint receives that fetch's traceparent."""
     exporter = InMemorySpanExporter()
     async with traced_broker(emulator, store_config, exporter) as http:
         assert_token(await http.get("/token", headers={**orders(), "traceparent": TRACEPARENT}))
@@ -130,6 +131,9 @@ async def test_a_token_request_is_a_server_span_with_its_upstream_fetch_inside(
     fetches = [s for s in of_kind(spans, SpanKind.CLIENT) if "openid-connect" in str(s.attributes)]
     (fetch,) = fetches
     assert hex_ids(fetch)[0] == hex_ids(server)[0] == CALLER_TRACE
+    # The token endpoint received the fetch span as the parent of its traceparent.
+    seen = (await emulator.http.get("/_emulator/last-token-request")).json()["trace_headers"]
+    assert seen["traceparent"] == f"00-{CALLER_TRACE}-{hex_ids(fetch)[1]}-01"
     resource = server.resource.attributes
     assert (resource["service.name"], resource["service.version"]) == (
         "paysera-token-broker",
