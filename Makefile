@@ -27,8 +27,8 @@ DEPLOY_STAMP := $(DEPLOY_VENV)/.installed-$(HADOLINT_VERSION)-$(KUBERNETES_VALID
 NODE_CLIENTS := $(TOOLS)/node-oauth
 NODE_CLIENTS_STAMP := $(NODE_CLIENTS)/.installed
 # promtool (checks the chart's alert rules and a real /metrics scrape) from Debian's `prometheus`
-# package, unpacked without installing the server. Pinned to bookworm's version; should the
-# archive have moved on, the current one is taken (and said so).
+# package, unpacked without installing the server (.ci/promtool.sh). Pinned to bookworm's
+# version; should the archive have moved on, the current one is taken (and said so).
 PROMTOOL_DEB_VERSION := 2.42.0+ds-5+deb12u1
 PROMTOOL := $(TOOLS)/bin/promtool
 PROMTOOL_STAMP := $(TOOLS)/.promtool
@@ -101,16 +101,7 @@ $(NODE_CLIENTS_STAMP): tests/node/package.json tests/node/package-lock.json
 	@touch $@
 
 $(PROMTOOL_STAMP):
-	@command -v apt-get >/dev/null && command -v dpkg >/dev/null || { echo "promtool needs apt-get and dpkg (Debian) to fetch the prometheus package; or put a promtool on PATH at $(PROMTOOL)"; exit 1; }
-	rm -rf $(TOOLS)/promtool-deb && mkdir -p $(TOOLS)/promtool-deb $(TOOLS)/bin
-	cd $(TOOLS)/promtool-deb && { apt-get download -qq prometheus=$(PROMTOOL_DEB_VERSION) 2>/dev/null \
-		|| { [ "$$(id -u)" != 0 ] || apt-get update -qq; apt-get download -qq prometheus=$(PROMTOOL_DEB_VERSION) 2>/dev/null; } \
-		|| { echo "prometheus $(PROMTOOL_DEB_VERSION) is no longer in the archive; taking the current one"; apt-get download -qq prometheus; } \
-		|| { echo "could not download Debian's prometheus package (for promtool): run 'sudo apt-get update' and try again"; exit 1; }; }
-	dpkg -x $(TOOLS)/promtool-deb/prometheus_*.deb $(TOOLS)/promtool-deb/root
-	cp $(TOOLS)/promtool-deb/root/usr/bin/promtool $(PROMTOOL)
-	rm -rf $(TOOLS)/promtool-deb
-	$(PROMTOOL) --version | head -1
+	bash .ci/promtool.sh $(PROMTOOL_DEB_VERSION) $(PROMTOOL)
 	@touch $@
 
 $(DEPLOY_STAMP):

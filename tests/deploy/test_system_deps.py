@@ -105,3 +105,36 @@ def test_check_mode_never_installs(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert not calls.exists()
     assert "chromium" in result.stderr
+
+
+PROMTOOL_SCRIPT = SCRIPT.parent / "promtool.sh"
+
+
+def run_promtool_script(path: Path, dest: Path) -> subprocess.CompletedProcess[str]:
+    """.ci/promtool.sh with PATH = `path` only."""
+    return subprocess.run(
+        [BASH, str(PROMTOOL_SCRIPT), "2.42.0+ds-5+deb12u1", str(dest)],
+        env={"PATH": str(path), "LANG": "C"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_promtool_on_path_is_used_as_it_is(tmp_path: Path) -> None:
+    """A promtool already on PATH is kept: nothing is downloaded, nothing written."""
+    bin_dir = machine(tmp_path, "promtool")
+    dest = tmp_path / "tools" / "promtool"
+    result = run_promtool_script(bin_dir, dest)
+    assert result.returncode == 0
+    assert result.stdout == f"promtool: using {bin_dir / 'promtool'}\n"
+    assert not dest.exists()
+
+
+def test_promtool_without_debian_tools_says_so_in_one_line(tmp_path: Path) -> None:
+    """Without promtool and without apt-get/dpkg the script fails with one line saying why."""
+    result = run_promtool_script(machine(tmp_path), tmp_path / "promtool")
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    assert "promtool is missing" in line and "apt-get" in line
