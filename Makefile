@@ -114,7 +114,7 @@ $(DEPLOY_STAMP):
 docker-lint: $(DEPLOY_STAMP) ## hadolint the Dockerfile; any finding, style included, fails
 	$(DEPLOY_VENV)/bin/hadolint --failure-threshold style Dockerfile
 
-helm-lint: install $(HELM_STAMP) $(PROMTOOL_STAMP) $(DEPLOY_STAMP) ## helm lint --strict, kubernetes-validate every rendering, chart tests
+helm-lint: install system-deps $(HELM_STAMP) $(PROMTOOL_STAMP) $(DEPLOY_STAMP) ## helm lint --strict, kubernetes-validate every rendering, chart tests
 	HELM=$(HELM) KUBERNETES_VALIDATE=$(DEPLOY_VENV)/bin/kubernetes-validate \
 		KUBERNETES_VERSION=$(KUBERNETES_VERSION) CHART=$(CHART) .ci/deploy-checks.sh
 	$(BIN)/pytest tests/deploy -q
