@@ -141,6 +141,23 @@ async def test_a_token_request_is_a_server_span_with_its_upstream_fetch_inside(
     )
 
 
+async def test_a_warm_token_request_is_traced_too(
+    emulator: Emulator, store_config: dict[str, Any]
+) -> None:
+    """A /token answered from memory by the warm path (before routing) is a SERVER span of the
+    caller's trace, with no upstream call in it."""
+    exporter = InMemorySpanExporter()
+    async with traced_broker(emulator, store_config, exporter) as http:
+        assert_token(await http.get("/token", headers=orders()))
+        exporter.clear()
+        assert_token(await http.get("/token", headers={**orders(), "traceparent": TRACEPARENT}))
+    spans = exporter.get_finished_spans()
+    (server,) = of_kind(spans, SpanKind.SERVER)
+    assert hex_ids(server)[0] == CALLER_TRACE and parent_id(server) == CALLER_SPAN
+    assert not [s for s in of_kind(spans, SpanKind.CLIENT) if "openid-connect" in str(s.attributes)]
+    assert (await emulator.stats())["token_requests"] == 1
+
+
 async def test_probes_scrapes_and_background_work_make_no_spans(
     emulator: Emulator, store_config: dict[str, Any]
 ) -> None:
