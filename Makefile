@@ -26,8 +26,15 @@ DEPLOY_STAMP := $(DEPLOY_VENV)/.installed-$(HADOLINT_VERSION)-$(KUBERNETES_VALID
 # Node OAuth clients (openid-client, simple-oauth2) the tests drive, from tests/node's lock file.
 NODE_CLIENTS := $(TOOLS)/node-oauth
 NODE_CLIENTS_STAMP := $(NODE_CLIENTS)/.installed
+# promtool (checks the chart's alert rules and a real /metrics scrape) from Debian's `prometheus`
+# package, unpacked without installing the server (.ci/promtool.sh). Pinned to bookworm's
+# version; should the archive have moved on, the current one is taken (and said so).
+PROMTOOL_DEB_VERSION := 2.42.0+ds-5+deb12u1
+PROMTOOL := $(TOOLS)/bin/promtool
+PROMTOOL_STAMP := $(TOOLS)/.promtool
 
 .PHONY: help install run test lint typecheck format bench soak docker-lint helm-lint all clean
+.PHONY: system-deps helm promtool
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -50,10 +57,15 @@ EMULATOR_PORT = 8081
 run: install ## start the demo: emulator + broker on the in-memory store, prints a curl line
 	@$(BIN)/token-broker demo --port $(PORT) --emulator-port $(EMULATOR_PORT)
 
-test: install $(HELM_STAMP) $(NODE_CLIENTS_STAMP) ## run the whole test suite (starts its own redis-server instances)
-	@command -v redis-server >/dev/null || { echo "redis-server is required: apt-get install -y redis-server"; exit 1; }
-	@command -v chromium >/dev/null || { echo "chromium is required (dashboard test): apt-get install -y chromium"; exit 1; }
+test: install system-deps $(HELM_STAMP) $(PROMTOOL_STAMP) $(NODE_CLIENTS_STAMP) ## run the whole test suite (installs what it needs)
 	$(BIN)/pytest
+
+system-deps: ## redis-server, chromium, npm: installed with apt-get as root, else one line saying how
+	@bash .ci/system-deps.sh
+
+helm: $(HELM_STAMP) ## helm into .tools/bin
+
+promtool: $(PROMTOOL_STAMP) ## promtool into .tools/bin (from Debian's prometheus package)
 
 lint: install ## ruff check + format check
 	$(BIN)/ruff check app tests client
@@ -93,6 +105,10 @@ $(NODE_CLIENTS_STAMP): tests/node/package.json tests/node/package-lock.json
 	cd $(NODE_CLIENTS) && npm ci --silent --no-audit --no-fund
 	@touch $@
 
+$(PROMTOOL_STAMP):
+	bash .ci/promtool.sh $(PROMTOOL_DEB_VERSION) $(PROMTOOL)
+	@touch $@
+
 $(DEPLOY_STAMP):
 	rm -rf $(DEPLOY_VENV)
 	$(PYTHON) -m venv $(DEPLOY_VENV)
@@ -103,7 +119,7 @@ $(DEPLOY_STAMP):
 docker-lint: $(DEPLOY_STAMP) ## hadolint the Dockerfile; any finding, style included, fails
 	$(DEPLOY_VENV)/bin/hadolint --failure-threshold style Dockerfile
 
-helm-lint: install $(HELM_STAMP) $(DEPLOY_STAMP) ## helm lint --strict, kubernetes-validate every rendering, chart tests
+helm-lint: install system-deps $(HELM_STAMP) $(PROMTOOL_STAMP) $(DEPLOY_STAMP) ## helm lint --strict, kubernetes-validate every rendering, chart tests
 	HELM=$(HELM) KUBERNETES_VALIDATE=$(DEPLOY_VENV)/bin/kubernetes-validate \
 		KUBERNETES_VERSION=$(KUBERNETES_VERSION) CHART=$(CHART) .ci/deploy-checks.sh
 	$(BIN)/pytest tests/deploy -q

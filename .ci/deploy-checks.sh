@@ -2,9 +2,10 @@
 # The chart checks behind `make helm-lint` (which installs the tools and sets the variables):
 # for the default values and for every value set in $CHART/ci/*-values.yaml,
 #   helm lint --strict, then helm template, then kubernetes-validate --strict on every manifest.
-# kubernetes-validate knows only Kubernetes' own kinds: the ServiceMonitor (a Prometheus
-# Operator CRD) is left out here and checked field by field in tests/deploy/test_helm_chart.py;
-# any other kind without a schema fails.
+# kubernetes-validate knows only Kubernetes' own kinds: the ServiceMonitor and the PrometheusRule
+# (Prometheus Operator CRDs) are left out here and checked in tests/deploy/test_helm_chart.py
+# (field by field; the rules also by `promtool check rules` and `promtool test rules`); any other
+# kind without a schema fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${HELM:?}" "${KUBERNETES_VALIDATE:?}" "${KUBERNETES_VERSION:?}" "${CHART:?}"
@@ -26,7 +27,8 @@ for values in "${value_files[@]}"; do
   "$HELM" template ci "$CHART" --namespace token-broker --kube-version "$KUBERNETES_VERSION" \
     "${args[@]}" --output-dir "$OUT/$name" >/dev/null
 
-  mapfile -t manifests < <(find "$OUT/$name" -name '*.yaml' ! -name servicemonitor.yaml | sort)
+  mapfile -t manifests < <(find "$OUT/$name" -name '*.yaml' ! -name servicemonitor.yaml \
+    ! -name prometheusrule.yaml | sort)
   if ! report=$("$KUBERNETES_VALIDATE" -k "$KUBERNETES_VERSION" --strict "${manifests[@]}" 2>&1); then
     echo "$report"
     exit 1

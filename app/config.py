@@ -256,6 +256,29 @@ class CallerSettings(_Strict):
         return self
 
 
+def _collector_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http:// or https:// URL of an OTLP collector")
+    if parts.username or parts.password:
+        raise ValueError("must not carry credentials in the URL")
+    return value
+
+
+class TracingSettings(_Strict):
+    """`[tracing]`: OpenTelemetry traces over OTLP; off while `otlp_endpoint` is unset."""
+
+    otlp_endpoint: Annotated[str, AfterValidator(_collector_url)] | None = None
+    protocol: Literal["grpc", "http/protobuf"] = "grpc"
+    service_name: Annotated[str, Field(min_length=1, max_length=255)] = "paysera-token-broker"
+    sample_ratio: Annotated[float, Field(ge=0, le=1)] = 1.0  # of traces started here
+
+    @property
+    def enabled(self) -> bool:
+        """Whether traces are recorded and exported."""
+        return self.otlp_endpoint is not None
+
+
 class Settings(BaseSettings):
     """The whole configuration; environment variables override the file's values."""
 
@@ -269,6 +292,7 @@ class Settings(BaseSettings):
     proxy: ProxySettings = ProxySettings()
     clients: dict[Name, ClientSettings]
     callers: dict[Name, CallerSettings] = {}
+    tracing: TracingSettings = TracingSettings()
 
     @classmethod
     def settings_customise_sources(  # the signature is pydantic-settings'

@@ -6,7 +6,7 @@ import secrets
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from fastapi import FastAPI
@@ -24,6 +24,7 @@ from app.config import BudgetSettings, Settings, StoreSettings
 from app.observability.fleet import heartbeating
 from app.observability.metrics import BrokerMetrics
 from app.observability.request_log import RequestLogMiddleware, refused_request_log
+from app.observability.tracing import Tracing, start_tracing
 from app.services import Services
 from app.store.memory import MemoryStore
 from app.store.memory_budget import MemoryBudget
@@ -33,6 +34,9 @@ from app.tokens.service import TokenService
 from app.transport.limits import REFUSAL_HOOK_STATE
 from app.upstream.oauth import UpstreamTokenClient
 from app.upstream.proxy import UpstreamProxy
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 HTTP_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
 
@@ -94,15 +98,22 @@ def instance_id() -> str:
 
 @asynccontextmanager
 async def open_services(
-    settings: Settings, clock: Clock = SYSTEM_CLOCK, metrics: BrokerMetrics | None = None
+    settings: Settings,
+    clock: Clock = SYSTEM_CLOCK,
+    metrics: BrokerMetrics | None = None,
+    tracing: Tracing | None = None,
 ) -> AsyncIterator[Services]:
     """Open the store and the upstream HTTP client, build the services, close both after."""
     if metrics is None:
         metrics = BrokerMetrics(settings.clients, settings.callers, clock=clock)
     store = build_store(settings.store, clock, metrics)
+    if tracing is not None:
+        tracing.instrument_store(store)
     await store.start()
     try:
         async with httpx.AsyncClient(limits=HTTP_LIMITS, follow_redirects=False) as http:
+            if tracing is not None:
+                tracing.instrument_http(http)
             fetcher = UpstreamTokenClient(http, settings.clients, clock=clock)
             budget_service = BudgetService(
                 budget_policy_of(settings.budget),
@@ -150,15 +161,25 @@ async def open_services(
         await store.close()
 
 
-def create_app(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> FastAPI:
-    """The broker's ASGI app for `settings`."""
+def create_app(
+    settings: Settings, *, clock: Clock = SYSTEM_CLOCK, span_exporter: SpanExporter | None = None
+) -> FastAPI:
+    """The broker's ASGI app for `settings`; `span_exporter` replaces the OTLP exporter of a
+    configured `[tracing]` (the tests pass an in-memory one)."""
     metrics = BrokerMetrics(settings.clients, settings.callers, clock=clock)
+    tracing = None
+    if settings.tracing.enabled:
+        tracing = start_tracing(settings.tracing, __version__, span_exporter)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        async with open_services(settings, clock, metrics) as services:
-            app.state.services = services
-            yield {"services": services}
+        try:
+            async with open_services(settings, clock, metrics, tracing) as services:
+                app.state.services = services
+                yield {"services": services}
+        finally:
+            if tracing is not None:
+                tracing.close()
 
     app = FastAPI(
         title="paysera-token-broker",
@@ -185,4 +206,6 @@ def create_app(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> FastAPI:
     app.include_router(health.router)
     app.include_router(metrics_api.router)
     install_openapi(app)
+    if tracing is not None:
+        tracing.instrument_app(app)
     return app

@@ -23,6 +23,7 @@ FORBIDDEN = (
     "app.config",
     "app.store",
     "app.api",
+    "opentelemetry",
 )
 CORE_MAY_USE = ("app", "app.errors", "app.clock", "app.tokens", "app.budget")
 

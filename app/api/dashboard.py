@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import html
 import time
+from collections.abc import Sequence
 from typing import Any
+
+from app.api.history_charts import HISTORY_STYLE, history_panel
+from app.observability.history import Bucket
 
 REFRESH_SECONDS = 5
 DASHBOARD_HEADERS = {
@@ -63,6 +67,21 @@ ol#errors{margin:0;padding-left:20px}ol#errors li{margin:3px 0}
 ul.fleet{margin:0;padding-left:18px}
 svg text{font:600 15px system-ui,sans-serif}
 footer{color:var(--dim);font-size:12px}
+.err,ol#errors li,ul.fleet li,#reasons li{overflow-wrap:anywhere}
+@media (max-width:640px){
+body{padding:12px}h1{font-size:19px}
+#clients,#clients tbody{display:block}#clients thead{display:none}
+#clients tr{display:block;border-top:1px solid var(--line);padding:6px 0}
+#clients tbody th,#clients td{display:block;width:auto;border:0;padding:3px 4px}
+#clients td.life,#clients td.error{width:auto}
+#clients td::before{display:block;color:var(--dim);font-size:11px;font-weight:600;
+text-transform:uppercase;letter-spacing:.04em}
+#clients td:nth-of-type(1)::before{content:"token"}
+#clients td:nth-of-type(2)::before{content:"remaining life"}
+#clients td:nth-of-type(3)::before{content:"last refresh"}
+#clients td:nth-of-type(4)::before{content:"last error"}
+.bar{min-width:0}
+}
 """
 
 
@@ -255,8 +274,13 @@ def errors_panel(report: dict[str, Any]) -> str:
     return f'<section class="panel"><h2>Recent errors</h2>{body}</section>'
 
 
-def render_dashboard(report: dict[str, Any], refresh_seconds: int = REFRESH_SECONDS) -> str:
-    """The whole page for one /health report."""
+def render_dashboard(
+    report: dict[str, Any],
+    refresh_seconds: int = REFRESH_SECONDS,
+    *,
+    history: Sequence[Bucket] | None = None,
+) -> str:
+    """The whole page for one /health report (and this instance's last hour, when given)."""
     status = report["status"]
     reasons = "".join(f"<li>{esc(reason)}</li>" for reason in report["reasons"])
     return (
@@ -264,7 +288,7 @@ def render_dashboard(report: dict[str, Any], refresh_seconds: int = REFRESH_SECO
         f'<meta http-equiv="refresh" content="{int(refresh_seconds)}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{esc(status)} \u00b7 token broker {esc(report['instance'])}</title>"
-        f"<style>{STYLE}</style></head>"
+        f"<style>{STYLE}{HISTORY_STYLE}</style></head>"
         f'<body data-status="{esc(status)}"><header>'
         f'<h1>Token broker <span id="status">{badge(status)}</span></h1>'
         f'<p class="meta">instance <b>{esc(report["instance"])}</b> \u00b7 version '
@@ -272,7 +296,8 @@ def render_dashboard(report: dict[str, Any], refresh_seconds: int = REFRESH_SECO
         f"\u00b7 as of {esc(clock_time(report['generated_at']))}"
         f" \u00b7 reloads every {int(refresh_seconds)} s</p>"
         f'<ul id="reasons">{reasons}</ul></header>'
-        f"{state_cards(report)}{clients_panel(report)}{errors_panel(report)}"
+        f"{state_cards(report)}{history_panel(history, report['budget'])}"
+        f"{clients_panel(report)}{errors_panel(report)}"
         "<footer>/health, /health/live, /health/ready and /metrics need no credentials: "
         "keep them inside the cluster.</footer></body></html>"
     )

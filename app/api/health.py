@@ -97,6 +97,7 @@ async def budget_report(services: Services) -> dict[str, Any]:
         return report
     report["used"] = usage.used
     report["remaining"] = max(0, policy.limit - usage.used)
+    services.metrics.history.budget_use(usage.used, policy.limit)
     report["cooldown_seconds"] = math.ceil(usage.cooldown)
     return report
 
@@ -171,7 +172,8 @@ async def health(request: Request, services: ServicesDep) -> Response:
     """The ops view: status, store, upstream, per-client tokens, budget, fleet; JSON or HTML."""
     report = await health_report(services)
     if prefers_html(request.headers.get("accept")):
-        return HTMLResponse(render_dashboard(report), headers={**NO_STORE, **DASHBOARD_HEADERS})
+        page = render_dashboard(report, history=services.metrics.history.buckets())
+        return HTMLResponse(page, headers={**NO_STORE, **DASHBOARD_HEADERS})
     return JSONResponse(report, headers=NO_STORE)
 
 

@@ -28,6 +28,9 @@ Test-control endpoints (no authentication, not rate-limited, not counted):
 ``GET /_emulator/stats``
     ``{"token_requests", "tokens_issued", "token_rejected", "api_requests", "api_unauthorized",
     "api_rate_limited"}``; token requests are counted on arrival.
+``GET /_emulator/last-token-request``
+    ``{"trace_headers": {...}}``: the W3C ``traceparent``/``tracestate`` the last token request
+    carried (nothing else of it: never its credentials).
 ``POST /_emulator/revoke``
     Revokes every issued token; ``{"revoked": <tokens that were still unexpired>}``.
 ``GET /_emulator/config``, ``POST /_emulator/config``
@@ -175,6 +178,10 @@ class _Endpoints:
         """``GET /_emulator/stats``."""
         return JSONResponse(self.state.stats.as_dict())
 
+    async def last_token_request(self, _: Request) -> Response:
+        """``GET /_emulator/last-token-request``."""
+        return JSONResponse({"trace_headers": self.state.last_token_trace})
+
     async def revoke(self, _: Request) -> Response:
         """``POST /_emulator/revoke``."""
         return JSONResponse({"revoked": self.state.tokens.revoke_all()})
@@ -212,6 +219,7 @@ def _routes(endpoints: _Endpoints) -> list[Route]:
         Route(f"{API_PREFIX}/blob", api(_blob), methods=["GET"]),
         Route("/checkout-project/{path:path}", api(_not_found), methods=_ALL_METHODS),
         Route("/_emulator/stats", endpoints.stats, methods=["GET"]),
+        Route("/_emulator/last-token-request", endpoints.last_token_request, methods=["GET"]),
         Route("/_emulator/revoke", endpoints.revoke, methods=["POST"]),
         Route("/_emulator/config", endpoints.get_config, methods=["GET"]),
         Route("/_emulator/config", endpoints.set_config, methods=["POST"]),

@@ -157,6 +157,9 @@ class EmulatorState:
     def __init__(self, settings: EmulatorSettings, clock: Callable[[], float]) -> None:
         self.settings = settings
         self.stats = EmulatorStats()
+        # The W3C trace headers of the last token request (`GET /_emulator/last-token-request`);
+        # never its credentials.
+        self.last_token_trace: dict[str, str] = {}
         self.tokens = TokenRegistry(clock)
         self.rate_windows = SlidingWindowLog(clock)
         # Set when the server begins to stop, so deliberately slow requests end at once.
@@ -179,5 +182,6 @@ class EmulatorState:
     def reset(self) -> None:
         """Zero the counters, clear the rate windows and forget every token."""
         self.stats = EmulatorStats()
+        self.last_token_trace = {}
         self.rate_windows.clear()
         self.tokens.clear()

@@ -234,9 +234,15 @@ TRANSPORT_FAILURES: dict[str, Callable[[EmulatorState, Request], Awaitable[Respo
 }
 
 
+TRACE_HEADERS = ("traceparent", "tracestate")
+
+
 async def token_endpoint(state: EmulatorState, request: Request) -> Response:
     """``POST /auth/realms/Paysera/protocol/openid-connect/token``."""
     state.stats.token_requests += 1  # at arrival: concurrent, slow requests are all counted
+    state.last_token_trace = {
+        name: value for name in TRACE_HEADERS if (value := request.headers.get(name)) is not None
+    }
     try:
         body = await read_body(request)
     except OAuthError as exc:

@@ -15,9 +15,13 @@ import math
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+# (trace_id, span_id) of the active span, set by `app.observability.tracing` when tracing is on;
+# None keeps OpenTelemetry out of this module and of untraced brokers.
+TRACE_CONTEXT: Callable[[], tuple[str, str] | None] | None = None
 
 _REDACTED = "[redacted]"
 _TOKENS_PER_KEY = 8
@@ -97,6 +101,8 @@ class _Formatter(logging.Formatter):
         rid = request_id.get()
         if rid is not None:
             fields["request_id"] = rid
+        if TRACE_CONTEXT is not None and (ids := TRACE_CONTEXT()) is not None:
+            fields["trace_id"], fields["span_id"] = ids
         fields.update(getattr(record, "fields", {}))
         if record.exc_info:
             fields["exc"] = self.formatException(record.exc_info)

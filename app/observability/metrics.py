@@ -33,6 +33,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from app.budget.ports import BudgetEvents
 from app.clock import SYSTEM_CLOCK, Clock
+from app.observability.history import History
 from app.observability.logs import REDACTOR, log_event
 from app.observability.recent_errors import RecentErrors
 from app.tokens.model import Token
@@ -94,6 +95,7 @@ class BrokerMetrics:
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             self.registry.register(collector)
         self.errors = RecentErrors(clock)
+        self.history = History(clock)  # the dashboard's last hour
         self._http_metrics()
         self._token_metrics()
         self._budget_metrics()
@@ -220,8 +222,16 @@ class BrokerMetrics:
             f"{PREFIX}_build_info", "Always 1; the version as a label.", ["version"], registry=r
         )
         self.seconds_to_expiry = Gauge(
-            f"{PREFIX}_token_seconds_to_expiry",
+            f"{PREFIX}_token_expiry_seconds",
             "Seconds until the cached token of a client expires (absent: no token yet).",
+            ["client"],
+            registry=r,
+        )
+        # The name before the unit went last (0.1.0); exposed beside the new one for one
+        # release so dashboards and alerts can move over. Remove in the release after next.
+        self.seconds_to_expiry_alias = Gauge(
+            f"{PREFIX}_token_seconds_to_expiry",
+            "Deprecated alias of token_broker_token_expiry_seconds (removed after one release).",
             ["client"],
             registry=r,
         )
@@ -273,13 +283,14 @@ class BrokerMetrics:
     def set_expiry(self, client: str, seconds_left: float | None) -> None:
         """Seconds left on `client`'s token; None when this instance holds none."""
         self.token_valid.labels(client).set(1 if seconds_left and seconds_left > 0 else 0)
-        if seconds_left is None:
-            try:
-                self.seconds_to_expiry.remove(client)
-            except KeyError:
-                pass
-        else:
-            self.seconds_to_expiry.labels(client).set(max(0.0, seconds_left))
+        for gauge in (self.seconds_to_expiry, self.seconds_to_expiry_alias):
+            if seconds_left is None:
+                try:
+                    gauge.remove(client)
+                except KeyError:
+                    pass
+            else:
+                gauge.labels(client).set(max(0.0, seconds_left))
 
     def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
         """The registry and its content type: OpenMetrics when `accept` (the request's Accept
@@ -308,6 +319,7 @@ class TokenMetrics(TokenEvents):
         """See `TokenEvents.upstream_request`."""
         self._m.upstream_requests(self._m.client_label(client), outcome).inc()
         self._m.upstream_seconds(outcome).observe(seconds)
+        self._m.history.refresh(outcome == "ok")
         if detail is not None:
             self._m.errors.add("upstream", client, outcome, detail)
 
@@ -339,6 +351,7 @@ class TokenMetrics(TokenEvents):
     def store_error(self) -> None:
         """See `TokenEvents.store_error`."""
         self._m.store_errors("tokens").inc()
+        self._m.history.error()
         self._m.errors.add("store", None, "unavailable", "the store did not answer (tokens)")
 
 
@@ -352,10 +365,12 @@ class BudgetMetrics(BudgetEvents):
         """See `BudgetEvents.granted`."""
         self._m.budget_grants(self._m.client_label(client)).inc()
         self._m.budget_wait.observe(waited)
+        self._m.history.granted()
 
     def denied(self, client: str) -> None:
         """See `BudgetEvents.denied`."""
         self._m.budget_denials(self._m.client_label(client)).inc()
+        self._m.history.denied()
 
     def cooldown(self, seconds: float) -> None:
         """See `BudgetEvents.cooldown`."""
@@ -366,4 +381,5 @@ class BudgetMetrics(BudgetEvents):
     def store_error(self) -> None:
         """See `BudgetEvents.store_error`."""
         self._m.store_errors("budget").inc()
+        self._m.history.error()
         self._m.errors.add("store", None, "unavailable", "the store did not answer (budget)")

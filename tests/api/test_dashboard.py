@@ -14,6 +14,7 @@ import pytest
 from app.api.dashboard import prefers_html, render_dashboard
 from tests.conftest import EMULATOR_ID, BrokerFactory, Emulator
 from tests.contract import NEVER_IN_RESPONSES, assert_error, assert_token, billing, orders
+from tests.support.chromium import chromium, shoot
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 WRONG_SECRET = "payouts-wrong-secret-value-7731"  # test-only: the upstream rejects it
@@ -281,3 +282,91 @@ async def test_dashboard_over_http_is_escaped_and_self_contained(
     assert "client &#x27;payouts&#x27;" in page.text
     for needle in ("<script", "<link", "src=", "http://", "https://", "@import", "url("):
         assert needle not in page.text
+
+
+# --- layout at desktop and phone widths, and the last hour's charts ---------------------------
+
+MEASURE = """(() => {
+  const vw = document.documentElement.clientWidth;
+  const box = (e) => { const r = e.getBoundingClientRect();
+    return {left: r.left, right: r.right, top: r.top, width: r.width, height: r.height}; };
+  const name = (e) => e.tagName.toLowerCase() + (e.id ? '#' + e.id : '');
+  const outside = [...document.querySelectorAll('body *')].filter((e) => {
+    const r = e.getBoundingClientRect();
+    return r.width > 0 && (r.right > vw + 0.5 || r.left < -0.5);
+  }).map(name);
+  const rows = [...document.querySelectorAll('#clients tbody tr')].map(
+    (tr) => [...tr.children].map(box));
+  return {
+    viewport: vw,
+    scrollWidth: document.documentElement.scrollWidth,
+    outside: outside,
+    clients: box(document.querySelector('#clients')),
+    thead: getComputedStyle(document.querySelector('#clients thead')).display,
+    rows: rows,
+    charts: [...document.querySelectorAll('figure.chart svg')].map(box),
+    bars: [...document.querySelectorAll('figure.chart rect')].length,
+  };
+})()"""
+
+
+def png_width(png: bytes) -> int:
+    """The width in the PNG's IHDR chunk."""
+    assert png.startswith(b"\x89PNG")
+    return int.from_bytes(png[16:20], "big")
+
+
+@pytest.mark.parametrize("store_config", ["redis"], indirect=True)
+async def test_dashboard_fits_1280_and_390_pixels_and_shows_the_last_hour(
+    broker: BrokerFactory, emulator: Emulator
+) -> None:
+    """At 1280 px the clients are a table and the three charts sit side by side; at 390 px
+    nothing is cut off or scrolls sideways: each client's cells stack and the charts stack; the
+    charts count this run's refreshes, failure and permits."""
+    async with broker(clients=rejected_payouts(emulator)) as http:
+        assert_token(await http.get("/token", headers=orders()))
+        refused = await http.get("/token?client=payouts", headers=billing())
+        assert_error(refused, 502, "upstream_invalid_client")
+        for _ in range(3):
+            assert (await http.post("/budget/acquire", headers=orders())).status_code == 200
+        page = await http.get("/health", headers={"Accept": "text/html"})
+        async with chromium() as browser:
+            wide = await shoot(browser, f"{http.base_url}/health", 1280, MEASURE)
+            narrow = await shoot(browser, f"{http.base_url}/health", 390, MEASURE)
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "dashboard-1280.png").write_bytes(wide.png)
+    (ARTIFACTS / "dashboard-390.png").write_bytes(narrow.png)
+
+    for shot, width in ((wide, 1280), (narrow, 390)):
+        measured = shot.measured
+        assert measured["viewport"] == width
+        assert png_width(shot.png) == width and len(shot.png) > 10_000
+        assert measured["scrollWidth"] <= width, "the page scrolls sideways"
+        assert measured["outside"] == [], "elements cut off at the right edge"
+        assert measured["clients"]["right"] <= width
+        assert len(measured["charts"]) == 3 and measured["bars"] >= 3
+        for chart in measured["charts"]:
+            assert 0 < chart["right"] <= width and chart["height"] > 40
+
+    # Desktop: a real table (header shown, each row's cells side by side), charts in one row.
+    assert wide.measured["thead"] != "none"
+    for cells in wide.measured["rows"]:
+        assert len({round(cell["top"]) for cell in cells}) == 1
+    assert len({round(chart["top"]) for chart in wide.measured["charts"]}) == 1
+    # Phone: the header hidden, each row's cells stacked at the same left edge, charts stacked.
+    assert narrow.measured["thead"] == "none"
+    for cells in narrow.measured["rows"]:
+        assert len({round(cell["left"]) for cell in cells}) == 1
+        tops = [cell["top"] for cell in cells]
+        assert tops == sorted(tops) and len(set(tops)) == len(tops)
+    assert len({round(chart["top"]) for chart in narrow.measured["charts"]}) == 3
+
+    dom = Dom(page.text)
+    refreshes = dom.one(id="chart-refreshes")["attrs"]
+    assert (refreshes["data-refreshes"], refreshes["data-failures"]) == ("1", "1")
+    assert refreshes["data-minutes"] == "60"
+    assert dom.one(id="chart-errors")["attrs"]["data-errors"] == "1"
+    budget = dom.one(id="chart-budget")["attrs"]
+    assert (budget["data-grants"], budget["data-peak"], budget["data-limit"]) == ("3", "3", "50")
+    assert "<script" not in page.text
+    assert "default-src 'none'" in page.headers["content-security-policy"]

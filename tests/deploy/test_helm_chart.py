@@ -1,9 +1,11 @@
 """The Helm chart renders the production settings of issue 8 (helm template, then assertions).
 
-helm is the binary `make helm-lint` installs into .tools/bin (or one on PATH); without it these
-tests fail, they never skip. kubernetes-validate checks the same renderings against the
-Kubernetes schemas in .ci/deploy-checks.sh; the ServiceMonitor, a CRD it has no schema for, is
-checked field by field here.
+helm is the binary `make helm-lint` installs into .tools/bin (or one on PATH), promtool the one
+`make promtool` unpacks there; without them these tests fail, they never skip.
+kubernetes-validate checks the same renderings against the Kubernetes schemas in
+.ci/deploy-checks.sh; the ServiceMonitor and the PrometheusRule, CRDs it has no schema for, are
+checked field by field here, the rules also by `promtool check rules` and `promtool test rules`,
+and their metric names against a real broker's /metrics.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ import yaml
 
 from app.config import Settings, StoreSettings
 from app.transport.server import GRACEFUL_SHUTDOWN_SECONDS
+from tests.conftest import BrokerFactory, Emulator
+from tests.contract import assert_error, assert_token, billing, orders
+from tests.observability.test_metrics import rejected_payouts
+from tests.support.promtool import promtool
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "paysera-token-broker"
@@ -93,8 +99,9 @@ class Rendered:
 
     @property
     def config_text(self) -> str:
-        """config.toml as the ConfigMap carries it."""
-        return self.one("ConfigMap")["data"]["config.toml"]  # type: ignore[no-any-return]
+        """config.toml as the ConfigMap carries it (the dashboard ConfigMap aside)."""
+        (config_map,) = [c for c in self.all("ConfigMap") if "config.toml" in c.get("data", {})]
+        return config_map["data"]["config.toml"]  # type: ignore[no-any-return]
 
     @property
     def config(self) -> dict[str, Any]:
@@ -172,14 +179,17 @@ def _selector_matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
 
 
 def test_default_renders_the_expected_objects_and_no_secret(default: Rendered) -> None:
-    """Defaults give ConfigMap, Deployment, Service, ServiceAccount and PDB, and never a Secret."""
+    """Defaults give ConfigMap, Deployment, Service, ServiceAccount, PDB and the `helm test`
+    Pod, and never a Secret."""
     assert default.kinds == {
         "ConfigMap",
         "Deployment",
         "Service",
         "ServiceAccount",
         "PodDisruptionBudget",
+        "Pod",
     }
+    assert len(default.all("ConfigMap")) == 1  # no dashboard unless asked for
     assert all(obj["metadata"].get("namespace") == NAMESPACE for obj in default.objects)
 
 
@@ -716,3 +726,440 @@ def test_single_instance_may_use_the_memory_store(render: Render) -> None:
     assert rendered.deployment["spec"]["replicas"] == 1
     assert "redis_url" not in rendered.config["store"]
     assert not {"REDIS_PASSWORD", "TOKEN_BROKER_STORE__REDIS_URL"} & set(rendered.env())
+
+
+# --- monitoring: PrometheusRule, Grafana dashboard, `helm test` ------------------------------
+
+FULLNAME = f"{RELEASE}-paysera-token-broker"
+ALERTS = {
+    "TokenBrokerRefreshFailing": "warning",
+    "TokenBrokerNoValidToken": "critical",
+    "TokenBrokerBudgetSaturated": "warning",
+    "TokenBrokerStoreUnreachable": "critical",
+    "TokenBrokerFleetSizeDisagreement": "warning",
+}
+_SELECTOR_NAME = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{")
+_LABEL_VALUES = re.compile(r"label_values\(([a-zA-Z_:][a-zA-Z0-9_:]*)")
+
+
+def rules_of(rendered: Rendered) -> list[Obj]:
+    """Every rule of the rendered PrometheusRule."""
+    groups = rendered.one("PrometheusRule")["spec"]["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def metric_names(promql: str) -> set[str]:
+    """The metric names a PromQL expression selects (every selector of ours has matchers)."""
+    return set(_SELECTOR_NAME.findall(promql)) | set(_LABEL_VALUES.findall(promql))
+
+
+def dashboard_of(rendered: Rendered) -> Obj:
+    """The Grafana dashboard JSON from its ConfigMap."""
+    (config_map,) = [
+        c for c in rendered.all("ConfigMap") if c["metadata"]["name"].endswith("-dashboard")
+    ]
+    return json.loads(config_map["data"]["paysera-token-broker.json"])  # type: ignore[no-any-return]
+
+
+def dashboard_queries(dashboard: Obj) -> list[str]:
+    """Every PromQL query of the dashboard: panel targets and template variables."""
+    queries = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            queries.append(variable["query"]["query"])
+    return queries
+
+
+def test_monitoring_objects_are_off_by_default(default: Rendered, render: Render) -> None:
+    """No PrometheusRule or dashboard unless enabled; the `helm test` Pod only while enabled."""
+    assert "PrometheusRule" not in default.kinds
+    assert not [c for c in default.all("ConfigMap") if "dashboard" in c["metadata"]["name"]]
+    assert "Pod" not in render(**{"helmTest.enabled": False}).kinds
+
+
+@pytest.mark.parametrize("values", ["monitoring-values.yaml", "production-values.yaml"])
+def test_prometheus_rule_has_the_five_alerts_for_this_release(render: Render, values: str) -> None:
+    """Enabled, the PrometheusRule carries each alert with a severity, summary and description,
+    every expression limited to this release's job and namespace."""
+    rendered = render(values)
+    rule_object = rendered.one("PrometheusRule")
+    assert rule_object["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule_object["metadata"]["namespace"] == NAMESPACE
+    assert set(rule_object["spec"]) == {"groups"}
+    rules = rules_of(rendered)
+    assert {rule["alert"]: rule["labels"]["severity"] for rule in rules} == ALERTS
+    selector = f'job="{FULLNAME}", namespace="{NAMESPACE}"'
+    for rule in rules:
+        assert set(rule) == {"alert", "expr", "for", "labels", "annotations"}
+        assert re.fullmatch(r"\d+m", rule["for"])
+        assert set(rule["annotations"]) == {"summary", "description"}
+        selectors = re.findall(r"\{([^}]*)\}", rule["expr"])
+        assert selectors and all(sel.startswith(selector) for sel in selectors), rule["expr"]
+
+
+def test_prometheus_rule_labels_and_selector_come_from_values(render: Render) -> None:
+    """Rule-object labels (for Prometheus' ruleSelector), alert labels, the saturation ratio and
+    a custom series selector are taken from the values."""
+    rendered = render("monitoring-values.yaml")
+    assert (
+        rendered.one("PrometheusRule")["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    )
+    rules = rules_of(rendered)
+    assert all(rule["labels"]["team"] == "payments" for rule in rules)
+    (budget,) = [r for r in rules if r["alert"] == "TokenBrokerBudgetSaturated"]
+    assert budget["expr"].rstrip().endswith(">= 0.8")
+    custom = rules_of(
+        render(**{"prometheusRule.enabled": True, "prometheusRule.selector": 'app="tb"'})
+    )
+    for rule in custom:
+        assert set(re.findall(r"\{([^},]*)", rule["expr"])) == {'app="tb"'}
+
+
+def _rule_file(rendered: Rendered, directory: Path) -> Path:
+    """The rendered PrometheusRule's groups as a Prometheus rule file."""
+    path = directory / "rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": rendered.one("PrometheusRule")["spec"]["groups"]}))
+    return path
+
+
+def test_promtool_accepts_the_rendered_rules(render: Render, tmp_path: Path) -> None:
+    """`promtool check rules` parses every expression and template of the rendered rules."""
+    rules = _rule_file(render("monitoring-values.yaml"), tmp_path)
+    result = promtool("check", "rules", str(rules))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(ALERTS)} rules found" in result.stdout
+
+
+def _series(name: str, values: str, **labels: str) -> Obj:
+    every = {"job": FULLNAME, "namespace": NAMESPACE, **labels}
+    matchers = ",".join(f'{k}="{v}"' for k, v in sorted(every.items()))
+    return {"series": f"{name}{{{matchers}}}", "values": values}
+
+
+def _expected(rule: Obj, **labels: str) -> Obj:
+    """The alert promtool should report for `rule` with these output labels."""
+    every = {"job": FULLNAME, "namespace": NAMESPACE, **labels}
+
+    def fill(text: str) -> str:
+        return re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: every[m.group(1)], text)
+
+    return {
+        "exp_labels": {**every, **rule["labels"]},
+        "exp_annotations": {k: fill(v) for k, v in rule["annotations"].items()},
+    }
+
+
+def _alert_cases(rules: dict[str, Obj]) -> list[Obj]:
+    """promtool unit tests: each alert fires on its condition, and not on its near misses."""
+    up = "token_broker_upstream_token_requests_total"
+    failing, no_token, budget, store, fleet = (
+        rules[name]
+        for name in (
+            "TokenBrokerRefreshFailing",
+            "TokenBrokerNoValidToken",
+            "TokenBrokerBudgetSaturated",
+            "TokenBrokerStoreUnreachable",
+            "TokenBrokerFleetSizeDisagreement",
+        )
+    )
+    return [
+        {  # checkout only fails; payouts fails and succeeds (recovering): only checkout fires
+            "interval": "1m",
+            "input_series": [
+                _series(up, "0+1x40", client="checkout", outcome="unavailable", instance="a"),
+                _series(up, "1x40", client="checkout", outcome="ok", instance="a"),
+                _series(up, "0+1x40", client="payouts", outcome="unavailable", instance="a"),
+                _series(up, "0+1x40", client="payouts", outcome="ok", instance="a"),
+            ],
+            "alert_rule_test": [
+                {"eval_time": "3m", "alertname": failing["alert"], "exp_alerts": []},
+                {
+                    "eval_time": "10m",
+                    "alertname": failing["alert"],
+                    "exp_alerts": [_expected(failing, client="checkout")],
+                },
+            ],
+        },
+        {  # checkout: no instance holds one and the broker keeps asking; payouts: nobody asked;
+            # refunds: one instance holds a valid token
+            "interval": "1m",
+            "input_series": [
+                _series("token_broker_token_valid", "0x30", client="checkout", instance="a"),
+                _series("token_broker_token_valid", "0x30", client="checkout", instance="b"),
+                _series(up, "0+1x30", client="checkout", outcome="unavailable", instance="a"),
+                _series("token_broker_token_valid", "0x30", client="payouts", instance="a"),
+                _series("token_broker_token_valid", "1x30", client="refunds", instance="a"),
+                _series("token_broker_token_valid", "0x30", client="refunds", instance="b"),
+                _series(up, "0+1x30", client="refunds", outcome="ok", instance="a"),
+            ],
+            "alert_rule_test": [
+                {
+                    "eval_time": "5m",
+                    "alertname": no_token["alert"],
+                    "exp_alerts": [_expected(no_token, client="checkout")],
+                }
+            ],
+        },
+        {  # 45 of 50 on both instances: saturated at the default 0.9; 40 of 50 is not
+            "interval": "1m",
+            "input_series": [
+                _series("token_broker_budget_used", "45x20", instance="a"),
+                _series("token_broker_budget_limit", "50x20", instance="a"),
+                _series("token_broker_budget_used", "45x20", instance="b"),
+                _series("token_broker_budget_limit", "50x20", instance="b"),
+            ],
+            "alert_rule_test": [
+                {"eval_time": "3m", "alertname": budget["alert"], "exp_alerts": []},
+                {
+                    "eval_time": "10m",
+                    "alertname": budget["alert"],
+                    "exp_alerts": [_expected(budget)],
+                },
+            ],
+        },
+        {
+            "interval": "1m",
+            "input_series": [
+                _series("token_broker_budget_used", "40x20", instance="a"),
+                _series("token_broker_budget_limit", "50x20", instance="a"),
+            ],
+            "alert_rule_test": [
+                {"eval_time": "10m", "alertname": budget["alert"], "exp_alerts": []}
+            ],
+        },
+        {  # instance a lost Redis, b did not
+            "interval": "1m",
+            "input_series": [
+                _series("token_broker_store_up", "0x10", instance="a"),
+                _series("token_broker_store_up", "1x10", instance="b"),
+            ],
+            "alert_rule_test": [
+                {"eval_time": "1m", "alertname": store["alert"], "exp_alerts": []},
+                {
+                    "eval_time": "5m",
+                    "alertname": store["alert"],
+                    "exp_alerts": [_expected(store, instance="a")],
+                },
+            ],
+        },
+        {  # a sees 3, b sees 2: disagreement
+            "interval": "1m",
+            "input_series": [
+                _series("token_broker_fleet_instances", "3x30", instance="a"),
+                _series("token_broker_fleet_instances", "2x30", instance="b"),
+            ],
+            "alert_rule_test": [
+                {"eval_time": "5m", "alertname": fleet["alert"], "exp_alerts": []},
+                {"eval_time": "15m", "alertname": fleet["alert"], "exp_alerts": [_expected(fleet)]},
+            ],
+        },
+        {  # two scraped instances agree on 3 heartbeating: a third uses another store
+            "interval": "1m",
+            "input_series": [
+                _series("token_broker_fleet_instances", "3x30", instance="a"),
+                _series("token_broker_fleet_instances", "3x30", instance="b"),
+            ],
+            "alert_rule_test": [
+                {"eval_time": "15m", "alertname": fleet["alert"], "exp_alerts": [_expected(fleet)]}
+            ],
+        },
+        {  # three scraped, three heartbeating: all is well
+            "interval": "1m",
+            "input_series": [
+                _series("token_broker_fleet_instances", "3x30", instance=name) for name in "abc"
+            ],
+            "alert_rule_test": [
+                {"eval_time": "15m", "alertname": fleet["alert"], "exp_alerts": []}
+            ],
+        },
+    ]
+
+
+def test_alerts_fire_on_their_conditions_under_promtool_test_rules(
+    render: Render, tmp_path: Path
+) -> None:
+    """`promtool test rules` on synthetic series: each alert fires after its `for`, for the
+    right client or instance, and not for healthy or never-requested clients."""
+    rendered = render(**{"prometheusRule.enabled": True})
+    rule_file = _rule_file(rendered, tmp_path)
+    rules = {rule["alert"]: rule for rule in rules_of(rendered)}
+    tests = {
+        "rule_files": [str(rule_file)],
+        "evaluation_interval": "1m",
+        "tests": _alert_cases(rules),
+    }
+    test_file = tmp_path / "alerts_test.yaml"
+    test_file.write_text(yaml.safe_dump(tests, sort_keys=False))
+    result = promtool("test", "rules", str(test_file))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_grafana_dashboard_config_map_is_labelled_for_the_sidecar(render: Render) -> None:
+    """The dashboard ConfigMap carries the sidecar's label, the folder annotation, the chosen
+    namespace, and a dashboard whose every query is scoped by the $namespace and $job variables."""
+    rendered = render("monitoring-values.yaml")
+    (config_map,) = [
+        c for c in rendered.all("ConfigMap") if c["metadata"]["name"].endswith("-dashboard")
+    ]
+    metadata = config_map["metadata"]
+    assert metadata["labels"]["grafana_dashboard"] == "1"
+    assert metadata["annotations"] == {"grafana_folder": "Payments"}
+    assert metadata["namespace"] == "monitoring"
+    dashboard = dashboard_of(rendered)
+    assert dashboard["uid"] == "paysera-token-broker"
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert set(variables) == {"datasource", "namespace", "job"}
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            assert target["datasource"]["uid"] == "${datasource}"
+            for selector in re.findall(r"\{([^}]*)\}", target["expr"]):
+                assert 'namespace=~"$namespace"' in selector and 'job=~"$job"' in selector
+    titles = " ".join(p["title"] for p in dashboard["panels"]).lower()
+    for topic in ("upstream token requests", "budget used", "store", "fleet", "expiry"):
+        assert topic in titles
+    default_namespace = dashboard_of(render(**{"grafanaDashboard.enabled": True}))
+    assert default_namespace == dashboard
+
+
+@pytest.mark.parametrize("store_config", ["redis"], indirect=True)
+async def test_rule_and_dashboard_metrics_exist_in_a_real_scrape(
+    render: Render, broker: BrokerFactory, emulator: Emulator
+) -> None:
+    """Every metric the alerts and the dashboard query is one a real broker's /metrics exposes;
+    the alerts' metrics carry samples after a short run (a fetch, a rejection, budget use)."""
+    async with broker(clients=rejected_payouts(emulator)) as http:
+        assert_token(await http.get("/token", headers=orders()))
+        assert_error(
+            await http.get("/token?client=payouts", headers=billing()),
+            502,
+            "upstream_invalid_client",
+        )
+        assert (await http.post("/budget/acquire", headers=orders())).status_code == 200
+        text = (await http.get("/metrics")).text
+    declared: set[str] = set()
+    for kind_line in re.findall(r"^# TYPE (\S+) (\S+)$", text, flags=re.M):
+        name, kind = kind_line
+        declared.add(name)
+        if kind in ("histogram", "summary"):
+            declared |= {f"{name}_sum", f"{name}_count", f"{name}_bucket"}
+    sampled = {
+        re.split(r"[{ ]", line, maxsplit=1)[0]
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+
+    rendered = render("production-values.yaml")
+    in_rules = set().union(*(metric_names(rule["expr"]) for rule in rules_of(rendered)))
+    assert len(in_rules) >= 6
+    assert in_rules <= sampled, f"alert metrics without samples: {sorted(in_rules - sampled)}"
+    in_dashboard = set().union(
+        *(metric_names(q) for q in dashboard_queries(dashboard_of(rendered)))
+    )
+    assert len(in_dashboard) >= 12
+    assert in_dashboard <= declared, (
+        f"dashboard metrics not exposed: {sorted(in_dashboard - declared)}"
+    )
+
+
+def _test_pod(rendered: Rendered) -> Obj:
+    (pod,) = rendered.all("Pod")
+    return pod
+
+
+@pytest.mark.parametrize(
+    ("values", "port"), [(None, 8080), ("mtls-values.yaml", 9090), ("production-values.yaml", 9090)]
+)
+def test_helm_test_pod_fetches_readiness_through_the_service(
+    render: Render, values: str | None, port: int
+) -> None:
+    """The `helm test` hook runs the broker's image to GET /health/ready from the Service over
+    plain HTTP (the ops port when TLS is on), and fails on anything but 200 (urllib raises)."""
+    rendered = render(values) if values else render()
+    pod = _test_pod(rendered)
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert "hook-succeeded" in pod["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
+    spec = pod["spec"]
+    assert spec["restartPolicy"] == "Never"
+    (container,) = spec["containers"]
+    assert container["image"] == rendered.container["image"]
+    command = container["command"]
+    assert command[:2] == ["/opt/token-broker/bin/python", "-c"]
+    assert "urllib.request.urlopen" in command[2]
+    compile(command[2], "helm-test", "exec")  # the inline program is valid Python
+    service = rendered.one("Service")
+    assert command[3] == f"http://{service['metadata']['name']}.{NAMESPACE}.svc:{port}/health/ready"
+    assert port in {p["port"] for p in service["spec"]["ports"] if p["appProtocol"] == "http"}
+    # The Service must never route callers to the test Pod.
+    assert not _selector_matches(service["spec"]["selector"], pod["metadata"]["labels"])
+
+
+@pytest.mark.parametrize("values", [None, *CI_VALUES], ids=lambda v: v.stem if v else "default")
+def test_helm_test_pod_is_locked_down_like_the_broker(render: Render, values: Path | None) -> None:
+    """The test Pod runs with the broker pod's security contexts, no service-account token and
+    small resource limits."""
+    rendered = render(values) if values else render()
+    spec = _test_pod(rendered)["spec"]
+    (container,) = spec["containers"]
+    assert spec["securityContext"] == rendered.pod["securityContext"]
+    assert container["securityContext"] == rendered.container["securityContext"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert spec["automountServiceAccountToken"] is False
+    assert container["resources"]["limits"]["memory"]
+    assert spec.get("imagePullSecrets") == rendered.pod.get("imagePullSecrets")
+
+
+def test_network_policy_lets_the_helm_test_pod_reach_readiness(render: Render) -> None:
+    """With a NetworkPolicy the test Pod (same namespace) may reach the health port only."""
+    rendered = render("production-values.yaml")
+    callers, health = rendered.one("NetworkPolicy")["spec"]["ingress"]
+    pod_labels = _test_pod(rendered)["metadata"]["labels"]
+    admitted = [
+        peer
+        for peer in health["from"]
+        if _selector_matches(peer.get("podSelector", {}).get("matchLabels", {}), pod_labels)
+    ]
+    assert admitted and admitted[0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": NAMESPACE
+    }
+    assert health["ports"] == [{"port": "ops", "protocol": "TCP"}]
+    for peer in callers["from"]:
+        assert not _selector_matches(peer.get("podSelector", {}).get("matchLabels", {}), pod_labels)
+    off = render("production-values.yaml", **{"helmTest.enabled": False})
+    assert len(off.one("NetworkPolicy")["spec"]["ingress"][1]["from"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        ({"prometheusRule.severity": "page"}, "'/prometheusRule': additional properties"),
+        ({"grafanaDashboard.label": "x"}, "'/grafanaDashboard': additional properties"),
+        ({"helmTest.image": "busybox"}, "'/helmTest': additional properties"),
+        ({"prometheusRule.budgetSaturationRatio": 1.5}, "'/prometheusRule/budgetSaturationRatio'"),
+        # Helm merges maps, so the sidecar's label goes only when nulled.
+        ({"grafanaDashboard.labels.grafana_dashboard": None}, "'/grafanaDashboard/labels'"),
+    ],
+    ids=["rule-typo", "dashboard-typo", "helm-test-typo", "ratio-above-one", "no-sidecar-label"],
+)
+def test_schema_refuses_unknown_or_bad_monitoring_values(
+    render: Render, sets: dict[str, Any], message: str
+) -> None:
+    """The schema rejects misspelt monitoring keys and values the sidecar or rules cannot use."""
+    with pytest.raises(RenderError, match=re.escape(message)):
+        render(**sets)
+
+
+def test_tracing_values_become_the_tracing_table(render: Render) -> None:
+    """config.tracing renders [tracing] (absent by default, so tracing stays off)."""
+    assert "tracing" not in render().config
+    tracing = render("monitoring-values.yaml").config["tracing"]
+    assert tracing == {
+        "otlp_endpoint": "http://otel-collector.monitoring:4317",
+        "sample_ratio": 0.25,
+    }
+    with pytest.raises(RenderError, match=re.escape("'/config/tracing'")):
+        render(**{"config.tracing.endpoint": "http://c:4317"})

@@ -382,3 +382,22 @@ async def _wait_until_serving(client: httpx.AsyncClient, proc: subprocess.Popen[
         except httpx.TransportError:
             await asyncio.sleep(0.05)
     raise AssertionError("the emulator did not start within 15 s")
+
+
+async def test_last_token_request_shows_its_trace_headers_and_never_its_credentials() -> None:
+    """`/_emulator/last-token-request` returns the traceparent/tracestate of the last token
+    request, nothing when it had none, and none of its credentials; reset forgets it."""
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    async with emulator() as client:
+        await client.post(
+            TOKEN_PATH, data=FORM, headers={"traceparent": traceparent, "tracestate": "tb=1"}
+        )
+        seen = (await client.get("/_emulator/last-token-request")).json()
+        assert seen == {"trace_headers": {"traceparent": traceparent, "tracestate": "tb=1"}}
+        await client.post(TOKEN_PATH, data=FORM)
+        assert (await client.get("/_emulator/last-token-request")).json() == {"trace_headers": {}}
+        await client.post(TOKEN_PATH, data=FORM, headers={"traceparent": traceparent})
+        await client.post("/_emulator/reset")
+        after_reset = await client.get("/_emulator/last-token-request")
+    assert after_reset.json() == {"trace_headers": {}}
+    assert FORM["client_secret"] not in str(seen)

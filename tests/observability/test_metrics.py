@@ -80,13 +80,14 @@ async def test_metrics_move_as_expected_after_a_scripted_run(
     assert after.value(f"{latency}_count", outcome="rejected") == 1
     assert after.value("token_broker_token_cache_hits_total", client="checkout", level="l1") >= 1
 
-    expiry = after.value("token_broker_token_seconds_to_expiry", client="checkout")
+    expiry = after.value("token_broker_token_expiry_seconds", client="checkout")
     assert 3500 < expiry <= 3600
+    # The pre-rename name stays for one release, with the same value.
+    assert after.value("token_broker_token_seconds_to_expiry", client="checkout") == expiry
     assert after.value("token_broker_token_valid", client="checkout") == 1
     assert after.value("token_broker_token_valid", client="payouts") == 0
-    assert ("token_broker_token_seconds_to_expiry", frozenset({("client", "payouts")})) not in (
-        after.samples
-    )
+    for name in ("token_broker_token_expiry_seconds", "token_broker_token_seconds_to_expiry"):
+        assert (name, frozenset({("client", "payouts")})) not in after.samples
 
     assert after.value("token_broker_budget_grants_total", client="checkout") == 2
     assert after.value("token_broker_budget_denials_total", client="checkout") == 1

@@ -34,6 +34,11 @@ cluster = {{ .Values.redis.cluster }}
 
 [proxy]
 {{- include "tokenBroker.tomlTable" .Values.config.proxy }}
+{{- with .Values.config.tracing }}
+
+[tracing]
+{{- include "tokenBroker.tomlTable" . }}
+{{- end }}
 {{- range $name, $client := .Values.clients }}
 
 [clients.{{ $name }}]

@@ -142,3 +142,13 @@ to 20 s, app/transport/server.py GRACEFUL_SHUTDOWN_SECONDS) and closing its conn
 {{- fail (printf "terminationGracePeriodSeconds must be at least preStopSleepSeconds + 22 (%d): the broker drains in-flight requests for up to 20 s after the pause" $needed) }}
 {{- end }}
 {{- end }}
+
+{{/* PromQL matchers picking this release's series (alerts; see prometheusRule.selector). */}}
+{{- define "tokenBroker.metricSelector" -}}
+{{- default (printf "job=%q, namespace=%q" (include "tokenBroker.fullname" .) .Release.Namespace) .Values.prometheusRule.selector }}
+{{- end }}
+
+{{/* Where probes, Prometheus and `helm test` reach /health* over plain HTTP: the Service port. */}}
+{{- define "tokenBroker.healthServicePort" -}}
+{{- if include "tokenBroker.opsEnabled" . }}{{ .Values.service.opsPort }}{{ else }}{{ .Values.service.port }}{{ end }}
+{{- end }}
