@@ -34,6 +34,9 @@ class Token:
     expires_at: float  # unix seconds, measured from when the request was sent
     obtained_at: float  # unix seconds, when the request was sent
     token_type: str = "Bearer"
+    # Which credentials obtained it, as an opaque tag from the adapters ("" = not known). After
+    # a client's credentials change the core serves only tokens of the new tag.
+    minted_by: str = ""
 
     @property
     def lifetime(self) -> float:
