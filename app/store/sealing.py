@@ -268,7 +268,7 @@ class ClientSealer:
         nonce = os.urandom(NONCE_BYTES)  # random 96-bit nonces: fine far beyond 2^32 seals/key
         aad = associated_data(self.client, self.fingerprint, self.key_name)
         ciphertext = self._ciphers[self.key_name].encrypt(nonce, plaintext, aad)
-        blob = base64.urlsafe_b64encode(nonce + ciphertext).rstrip(b"=").decode("ascii")
+        blob = _b64url(nonce + ciphertext)
         return SealedEntry(f"{self.key_name}.{blob}", self.digest(access_token), expires)
 
     def open(self, entry: SealedEntry, now: float) -> OpenedToken:
@@ -282,7 +282,8 @@ class ClientSealer:
             raw = base64.urlsafe_b64decode(blob + "=" * (-len(blob) % 4))
         except binascii.Error:
             raise EntryRejected("malformed") from None
-        if len(raw) <= NONCE_BYTES + TAG_BYTES:
+        # Canonical encoding only: unused trailing bits changed would decode the same bytes.
+        if len(raw) <= NONCE_BYTES + TAG_BYTES or _b64url(raw) != blob:
             raise EntryRejected("malformed")
         aad = associated_data(self.client, self.fingerprint, name)
         try:
@@ -299,6 +300,10 @@ class ClientSealer:
             raise EntryRejected("tampered")
         expires_at, obtained_at = _times(payload["exp"], payload["obt"], now)
         return OpenedToken(token, payload["typ"], expires_at, obtained_at)
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def _split_sealed(sealed: str) -> tuple[str, str]:

@@ -327,3 +327,14 @@ def test_a_bad_keyring_names_each_problem_but_never_a_key(text: str, problem: st
 def test_a_key_never_shows_in_its_repr() -> None:
     """`repr(Key)` names the key but not its material."""
     assert "material" not in repr(K1) and repr(bytes(range(32))) not in repr(K1)
+
+
+@pytest.mark.parametrize("length", [100, 101, 102])
+def test_every_flip_is_caught_whatever_the_ciphertext_length(length: int) -> None:
+    """Whatever the token's length (so the base64 text's unused trailing bits), every flipped
+    byte of the sealed field is rejected: only the canonical encoding opens."""
+    s = sealer()
+    entry = sealed(s, "t" * length)
+    for changed in flips(entry.sealed):
+        with pytest.raises(EntryRejected):
+            s.open(SealedEntry(changed, entry.digest, entry.expires_at), NOW)
