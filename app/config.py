@@ -37,6 +37,7 @@ from pydantic_settings import (
 )
 
 from app.errors import ConfigError
+from app.store.sealing import KeyringError, parse_keyring
 from app.store.topology import SENTINEL_SCHEME, check_cluster_url, parse_sentinel_url
 
 CONFIG_ENV_VAR = "TOKEN_BROKER_CONFIG"
@@ -131,6 +132,9 @@ class StoreSettings(_Strict):
     key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] = "tb"
     cluster: bool = False
     socket_timeout_seconds: PositiveSeconds = 1.0
+    # Keyring for the tokens cached in Redis (app/store/sealing.py); absent: per-client keys
+    # derived from each client's credentials.
+    encryption_keys_file: Path | None = None
 
     @field_validator("redis_url")
     @classmethod
@@ -341,6 +345,23 @@ def _check_secret_files(settings: Settings) -> list[tuple[str, str]]:
     return problems
 
 
+def _check_keyring(store: StoreSettings) -> list[tuple[str, str]]:
+    """Problems of the keyring file, by line; never a key."""
+    path = store.encryption_keys_file
+    if path is None:
+        return []
+    key = "store.encryption_keys_file"
+    try:
+        parse_keyring(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        return [(key, f"cannot read {path}: {exc.strerror}")]
+    except UnicodeDecodeError:
+        return [(key, f"{path} is not UTF-8 text")]
+    except KeyringError as exc:
+        return [(key, problem) for problem in exc.problems]
+    return []
+
+
 def _check_tls_files(server: ServerSettings) -> list[tuple[str, str]]:
     files = {
         "tls_cert_file": server.tls_cert_file,
@@ -375,6 +396,7 @@ def load_settings(path: Path | str | None = None) -> Settings:
         settings.reference_problems()
         + _check_secret_files(settings)
         + _check_tls_files(settings.server)
+        + _check_keyring(settings.store)
     )
     if problems:
         raise ConfigError(problems)
