@@ -15,37 +15,9 @@ from app.store.sealing import credential_fingerprint
 from app.upstream.credentials import ClientCredentials, Credentials
 from app.upstream.oauth import UpstreamTokenClient
 from tests.conftest import EMULATOR_ID, Emulator
+from tests.support.secret_volume import SecretVolume
 
 OLD, NEW = "old-secret-value-0000000001", "new-secret-value-0000000002"
-
-
-class SecretVolume:
-    """A directory laid out like a mounted Kubernetes Secret: `secret -> ..data/secret`, with
-    `..data` a symlink to a timestamped directory that an update replaces atomically."""
-
-    def __init__(self, root: Path, value: str) -> None:
-        self.root = root
-        self.generation = 0
-        self._publish(value)
-        (root / "secret").symlink_to(Path("..data") / "secret")
-
-    @property
-    def path(self) -> Path:
-        """The file the broker is configured with."""
-        return self.root / "secret"
-
-    def _publish(self, value: str) -> None:
-        self.generation += 1
-        target = self.root / f"..2026_{self.generation:02d}"
-        target.mkdir()
-        (target / "secret").write_text(value + "\n")
-        link = self.root / "..data_tmp"
-        link.symlink_to(target.name)
-        os.rename(link, self.root / "..data")  # atomic, as the kubelet does
-
-    def update(self, value: str) -> None:
-        """Replace the secret by swapping `..data` to a new directory."""
-        self._publish(value)
 
 
 def settings(path: Path, token_url: str = "http://127.0.0.1:9/token") -> dict[str, ClientSettings]:
