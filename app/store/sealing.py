@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import json
 import math
@@ -255,7 +254,7 @@ class ClientSealer:
 
     def digest(self, access_token: str) -> str:
         """Keyed digest of a token (HMAC-SHA256 hex): compare-and-delete without the token."""
-        return hmac.new(self._digest_key, access_token.encode(), hashlib.sha256).hexdigest()
+        return hmac.digest(self._digest_key, access_token.encode(), "sha256").hex()
 
     def seal(
         self, access_token: str, token_type: str, expires_at: float, obtained_at: float
