@@ -248,18 +248,19 @@ class RedisStore:
         entry_id = raw[3]
         if entry_id is None:
             return None, hold
+        redis_now = float(raw[4])
         try:
             if raw[0] is None or raw[1] is None or raw[2] is None:
                 raise EntryRejected("malformed")
-            opened = sealer.open(SealedEntry(raw[0], raw[1], raw[2]), float(raw[4]))
+            opened = sealer.open(SealedEntry(raw[0], raw[1], raw[2]), redis_now)
         except EntryRejected as exc:
             await self._reject(client, keys[0], entry_id, exc.reason)
             return None, hold
-        now = self._clock.time()
+        now = self._clock.time()  # the token's times move from Redis' clock onto this one's
         token = Token(
             opened.access_token,
-            now + (opened.expires_at - float(raw[4])),
-            now - (float(raw[4]) - opened.obtained_at),
+            now + (opened.expires_at - redis_now),
+            now - (redis_now - opened.obtained_at),
             opened.token_type,
             minted_by=sealer.fingerprint,
         )
@@ -267,16 +268,19 @@ class RedisStore:
 
     async def _reject(self, client: str, key: str, entry_id: str, reason: str) -> None:
         """Log, count and compare-and-delete an entry that must not be served."""
-        removed = bool(await self._run("reject", [key], [entry_id]))
-        log_event(
-            log,
-            logging.WARNING,
-            "token.cache_entry_rejected",
-            client=client,
-            reason=reason,
-            removed=removed,
-        )
-        self._on_rejected(client, reason)
+        removed = False
+        try:
+            removed = bool(await self._run("reject", [key], [entry_id]))
+        finally:  # logged and counted even when Redis fails between the read and the removal
+            log_event(
+                log,
+                logging.WARNING,
+                "token.cache_entry_rejected",
+                client=client,
+                reason=reason,
+                removed=removed,
+            )
+            self._on_rejected(client, reason)
 
     def _token_keys(self, client: str, fingerprint: str) -> list[str]:
         return [
