@@ -1,10 +1,12 @@
-"""`token-broker`: serve, check-config, new-api-key, emulator, demo."""
+"""`token-broker`: serve, check-config, new-api-key, new-encryption-key, emulator, demo."""
 
 from __future__ import annotations
 
 import argparse
+import secrets
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -50,7 +52,39 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     store = "redis" if settings.store.redis_url is not None else "memory (one instance only)"
     print(  # noqa: T201 - CLI output
         f"ok: {len(settings.clients)} client(s), {len(settings.callers)} caller(s), store {store}"
+        f"; {_tokens_at_rest(settings)}"
     )
+    return 0
+
+
+def _tokens_at_rest(settings: Settings) -> str:
+    """How cached tokens are kept, naming keys but never showing one."""
+    if settings.store.redis_url is None:
+        return "tokens at rest: in this process's memory only"
+    from app.store.sealing import parse_keyring
+
+    path = settings.store.encryption_keys_file
+    if path is None:
+        return "tokens at rest: AES-256-GCM, keys derived from each client's credentials"
+    keys = parse_keyring(path.read_text(encoding="utf-8"))  # validated by load_settings
+    names = ", ".join(key.name for key in keys)
+    return f"tokens at rest: AES-256-GCM, keyring [{names}], encrypting with {keys[0].name}"
+
+
+def cmd_new_encryption_key(args: argparse.Namespace) -> int:
+    """Print a fresh keyring line for `store.encryption_keys_file`."""
+    from app.store.sealing import new_key_line
+
+    name = args.name or f"k{datetime.now(UTC):%Y%m%d}-{secrets.token_hex(2)}"
+    try:
+        line = new_key_line(name)
+    except ValueError as exc:
+        print(f"token-broker: --name: {exc}", file=sys.stderr)  # noqa: T201
+        return 1
+    print("# A new key for store.encryption_keys_file (NAME:BASE64, 256 bits). Put the line")  # noqa: T201
+    print("# first to encrypt with it; keep the older lines, which still decrypt, until every")  # noqa: T201
+    print("# instance runs with the new first key and one token lifetime (1 h) has passed.")  # noqa: T201
+    print(line)  # noqa: T201
     return 0
 
 
@@ -102,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     key = commands.add_parser("new-api-key", help="mint an API key and its config line")
     key.set_defaults(func=cmd_new_api_key)
+
+    enc = commands.add_parser(
+        "new-encryption-key", help="mint a key line for store.encryption_keys_file"
+    )
+    enc.add_argument("--name", help="the key's name (default: k<date>-<random>)")
+    enc.set_defaults(func=cmd_new_encryption_key)
 
     emulator = commands.add_parser("emulator", help="run the local Paysera API stand-in")
     emulator.add_argument("--host", default="127.0.0.1")

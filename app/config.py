@@ -37,6 +37,7 @@ from pydantic_settings import (
 )
 
 from app.errors import ConfigError
+from app.store.sealing import KeyringError, parse_keyring
 from app.store.topology import SENTINEL_SCHEMES, check_cluster_url, parse_sentinel_url
 
 CONFIG_ENV_VAR = "TOKEN_BROKER_CONFIG"
@@ -159,6 +160,9 @@ class StoreSettings(_Strict):
     pool_timeout_seconds: PositiveSeconds = 1.0
     connect_timeout_seconds: PositiveSeconds = 1.0  # TCP (and TLS) connect, to Redis or Sentinel
     socket_timeout_seconds: PositiveSeconds = 1.0  # one command's answer
+    # Keyring for the tokens cached in Redis (app/store/sealing.py); absent: per-client keys
+    # derived from each client's credentials.
+    encryption_keys_file: Path | None = None
 
     @field_validator("redis_url")
     @classmethod
@@ -390,6 +394,23 @@ def _secret_file_problem(key: str, path: Path) -> tuple[str, str] | None:
     return None
 
 
+def _check_keyring(store: StoreSettings) -> list[tuple[str, str]]:
+    """Problems of the keyring file, by line; never a key."""
+    path = store.encryption_keys_file
+    if path is None:
+        return []
+    key = "store.encryption_keys_file"
+    try:
+        parse_keyring(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        return [(key, f"cannot read {path}: {exc.strerror}")]
+    except UnicodeDecodeError:
+        return [(key, f"{path} is not UTF-8 text")]
+    except KeyringError as exc:
+        return [(key, problem) for problem in exc.problems]
+    return []
+
+
 def _tls_file_problems(files: Mapping[str, object]) -> list[tuple[str, str]]:
     return [
         (f"server.{key}", f"cannot read {path}")
@@ -450,7 +471,9 @@ def load_settings(path: Path | str | None = None) -> Settings:
         raise ConfigError(problems + _problems(exc) + _check_raw_files(data)) from None
     except SettingsError as exc:  # an environment value that is not JSON where JSON is needed
         raise ConfigError([*problems, _unparsable_env(exc)]) from None
-    problems += settings.reference_problems() + _check_files(settings)
+    problems += (
+        settings.reference_problems() + _check_files(settings) + _check_keyring(settings.store)
+    )
     if problems:
         raise ConfigError(problems)
     return settings

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import secrets
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,6 +24,7 @@ from app.budget.service import BudgetService
 from app.clock import SYSTEM_CLOCK, Clock
 from app.config import BudgetSettings, Settings, StoreSettings
 from app.observability.fleet import heartbeating
+from app.observability.logs import log_event
 from app.observability.metrics import BrokerMetrics
 from app.observability.request_log import RequestLogMiddleware, refused_request_log
 from app.observability.tracing import Tracing, start_tracing
@@ -29,28 +32,71 @@ from app.services import Services
 from app.store.memory import MemoryStore
 from app.store.memory_budget import MemoryBudget
 from app.store.ports import Store
+from app.store.sealing import Key, Sealers, credential_fingerprint, parse_keyring
 from app.tokens.model import ClientPolicy
 from app.tokens.service import TokenService
 from app.transport.limits import REFUSAL_HOOK_STATE
+from app.upstream.credentials import ClientCredentials, Credentials
 from app.upstream.oauth import UpstreamTokenClient
 from app.upstream.proxy import UpstreamProxy
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
 
+log = logging.getLogger(__name__)
+
 HTTP_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
 
 
+def _not_counted(_client: str, _reason: str) -> None:
+    pass
+
+
 def build_store(
-    settings: StoreSettings, clock: Clock, metrics: BrokerMetrics | None = None
+    settings: StoreSettings,
+    clock: Clock,
+    metrics: BrokerMetrics | None = None,
+    credentials: ClientCredentials | None = None,
 ) -> Store:
-    """The embedded store, or the Redis adapter when `redis_url` is set."""
+    """The embedded store, or the Redis adapter when `redis_url` is set; bound to each client's
+    `credentials` (their fingerprint names the generation, and keys Redis entries)."""
     if settings.redis_url is None:
-        return MemoryStore(clock=clock)
+        if credentials is None:
+            return MemoryStore(clock=clock)
+        return MemoryStore(clock=clock, generation=credentials.fingerprint)
     from app.store.redis import RedisStore  # imported only when configured
 
     exhausted = metrics.store_pool_exhausted.inc if metrics is not None else None
-    return RedisStore(settings, clock=clock, on_pool_exhausted=exhausted)
+    rejected = metrics.cache_entry_rejected if metrics is not None else _not_counted
+    sealers = Sealers(keyring_of(settings))
+    if credentials is not None:
+        bind_sealers(sealers, credentials)
+    log_event(log, logging.INFO, "store.tokens_at_rest", mode=sealers.mode, cipher="AES-256-GCM")
+    return RedisStore(
+        settings,
+        clock=clock,
+        sealers=sealers,
+        on_rejected=rejected,
+        on_pool_exhausted=exhausted,
+    )
+
+
+def keyring_of(settings: StoreSettings) -> tuple[Key, ...]:
+    """The keys of `store.encryption_keys_file` (first encrypts); none without it."""
+    if settings.encryption_keys_file is None:
+        return ()
+    return parse_keyring(settings.encryption_keys_file.read_text(encoding="utf-8"))
+
+
+def bind_sealers(sealers: Sealers, credentials: ClientCredentials) -> None:
+    """Seal each client's entries under its current credentials, now and after every reload."""
+
+    def bind(client: str, current: Credentials) -> None:
+        sealers.bind(client, current.client_id, current.secret.get_secret_value())
+
+    for client in credentials.clients:
+        bind(client, credentials.get(client))
+    credentials.subscribe(bind)
 
 
 def policies_of(settings: Settings) -> dict[str, ClientPolicy]:
@@ -106,7 +152,8 @@ async def open_services(
     """Open the store and the upstream HTTP client, build the services, close both after."""
     if metrics is None:
         metrics = BrokerMetrics(settings.clients, settings.callers, clock=clock)
-    store = build_store(settings.store, clock, metrics)
+    credentials = ClientCredentials(settings.clients, fingerprint=credential_fingerprint)
+    store = build_store(settings.store, clock, metrics, credentials)
     if tracing is not None:
         tracing.instrument_store(store)
     await store.start()
@@ -114,7 +161,9 @@ async def open_services(
         async with httpx.AsyncClient(limits=HTTP_LIMITS, follow_redirects=False) as http:
             if tracing is not None:
                 tracing.instrument_http(http)
-            fetcher = UpstreamTokenClient(http, settings.clients, clock=clock)
+            fetcher = UpstreamTokenClient(
+                http, settings.clients, clock=clock, credentials=credentials
+            )
             budget_service = BudgetService(
                 budget_policy_of(settings.budget),
                 store,
@@ -127,7 +176,7 @@ async def open_services(
                 (store, store),
                 # This instance's own store while the shared one is down: its locks and holds
                 # keep in-process single flight and backoff working.
-                MemoryStore(clock=clock),
+                MemoryStore(clock=clock, generation=credentials.fingerprint),
                 fetcher,
                 clock=clock,
                 take_permit=permit_taker(budget_service)
@@ -136,6 +185,10 @@ async def open_services(
                 events=metrics.tokens,
             )
             store.subscribe(token_service.on_change)
+            # After the store's keys (bound above), so the service re-reads under the new ones.
+            credentials.subscribe(
+                lambda client, new: token_service.credentials_changed(client, new.fingerprint)
+            )
             services = Services(
                 settings=settings,
                 store=store,
@@ -152,10 +205,14 @@ async def open_services(
                 metrics=metrics,
             )
             metrics.build_info.labels(__version__).set(1)
+            watcher = asyncio.create_task(credentials.watch()) if credentials.watched else None
             try:
                 async with heartbeating(store, services.instance, services.version):
                     yield services
             finally:
+                if watcher is not None:
+                    watcher.cancel()
+                    await asyncio.gather(watcher, return_exceptions=True)
                 await token_service.close()
     finally:
         await store.close()

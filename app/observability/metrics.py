@@ -176,6 +176,15 @@ class BrokerMetrics:
                 registry=r,
             )
         )
+        self.cache_rejections = _Children(
+            Counter(
+                f"{PREFIX}_token_cache_rejected",
+                "Cached tokens read from the shared store that did not decrypt, parse or pass "
+                "the checks, by client and reason; each was treated as missing and removed.",
+                ["client", "reason"],
+                registry=r,
+            )
+        )
         self.store_errors = _Children(
             Counter(
                 f"{PREFIX}_store_errors",
@@ -277,6 +286,10 @@ class BrokerMetrics:
     def token_request(self, client: str | None, caller: str | None, outcome: str) -> None:
         """Count one token request."""
         self.token_requests(self.client_label(client), self.caller_label(caller), outcome).inc()
+
+    def cache_entry_rejected(self, client: str, reason: str) -> None:
+        """Count one cache entry the store adapter rejected (reasons: `EntryRejected.REASONS`)."""
+        self.cache_rejections(self.client_label(client), reason).inc()
 
     # -- scrape -------------------------------------------------------------------------------
 

@@ -1,8 +1,17 @@
-"""The embedded store: one process, no Redis. Same semantics as the Redis adapter."""
+"""The embedded store: one process, no Redis. Same semantics as the Redis adapter.
+
+Tokens are kept in clear: nothing here leaves the process (no network, no disk, no replica, no
+backup), so whoever could read this memory could read the L1 cache and the client secrets just
+as well; sealing them would protect nothing. What it shares with the Redis adapter is the
+binding to credentials: state is kept per *generation* (`generation(client)`, the credential
+fingerprint `app.main` injects), so after a client's secret changes nothing obtained with the
+old one is found, and a token minted with other credentials than the current ones is not stored.
+"""
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from app.observability.fleet import InstanceInfo
@@ -31,17 +40,27 @@ class _ClientState:
     lock_until: float = 0.0  # monotonic
 
 
+def _no_generation(_client: str) -> str:
+    return ""
+
+
 @dataclass
 class MemoryStore(MemoryBudget):
     """Tokens, holds, locks and the budget in memory; changes are announced synchronously."""
 
     kind: str = "memory"
-    _clients: dict[str, _ClientState] = field(default_factory=dict)
+    generation: Callable[[str], str] = _no_generation  # the client's credential fingerprint
+    _clients: dict[str, tuple[str, _ClientState]] = field(default_factory=dict)
     _listeners: list[ChangeListener] = field(default_factory=list)
     _instances: dict[str, tuple[str, float]] = field(default_factory=dict)  # version, until
 
     def _state(self, client: str) -> _ClientState:
-        return self._clients.setdefault(client, _ClientState())
+        """The state of `client`'s current generation (a new generation starts empty)."""
+        generation = self.generation(client)
+        held = self._clients.get(client)
+        if held is None or held[0] != generation:
+            held = self._clients[client] = (generation, _ClientState())
+        return held[1]
 
     def _announce(self, change: TokenChange) -> None:
         for listener in self._listeners:
@@ -70,7 +89,10 @@ class MemoryStore(MemoryBudget):
         return TokenRecord(state.token, Hold(state.hold_reason, remaining))
 
     async def save(self, client: str, token: Token) -> Token:
-        """Keep whichever of the stored and the new token expires later."""
+        """Keep whichever of the stored and the new token expires later; a token minted with
+        other credentials than the current ones is not stored."""
+        if token.minted_by and token.minted_by != self.generation(client):
+            return token
         state = self._state(client)
         if state.token is not None and state.token.expires_at >= token.expires_at:
             return state.token
@@ -106,14 +128,19 @@ class MemoryStore(MemoryBudget):
         now = self.clock.monotonic()
         if state.lock_owner is not None and state.lock_until > now:
             return Lease(client, None, state.lock_until - now)
-        state.lock_owner, state.lock_until = secrets.token_hex(8), now + ttl
+        state.lock_owner, state.lock_until = (
+            f"{self.generation(client)}.{secrets.token_hex(8)}",
+            now + ttl,
+        )
         return Lease(client, state.lock_owner, 0.0)
 
     async def release(self, lease: Lease) -> bool:
         """Release the lock if `lease` still owns it; False if it had lapsed (as in Redis, where
-        the key expires: nothing is announced then)."""
+        the key expires: nothing is announced then). A lock of older credentials is gone."""
+        if lease.owner is None or not lease.owner.startswith(f"{self.generation(lease.client)}."):
+            return False
         state = self._state(lease.client)
-        if lease.owner is None or state.lock_owner != lease.owner:
+        if state.lock_owner != lease.owner:
             return False
         state.lock_owner = None
         if state.lock_until <= self.clock.monotonic():

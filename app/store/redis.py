@@ -1,18 +1,27 @@
 """The Redis adapter: tokens, holds and the refresh lock shared by a fleet of brokers.
 
-Key schema v1 (see alembic-free-migrations.md); `P` is `store.key_prefix`, and every key of one
-client carries the hash tag `{client}` so a script's keys share one Redis Cluster slot:
+Key schema v2 (see alembic-free-migrations.md); `P` is `store.key_prefix`. Every key of one
+client carries the hash tag `{client.FP}`, FP being the fingerprint of the client's credentials
+(`app.store.sealing`), so a script's keys share one Redis Cluster slot and each generation of
+credentials has keys of its own:
 
-    P:v1:{client}:token    hash   access_token, token_type, expires_at, obtained_at (Redis clock)
-    P:v1:{client}:hold     string why the fleet holds off the upstream; expires when the hold ends
-    P:v1:{client}:forced   string present while a forced refresh is too recent; expires by itself
-    P:v1:{client}:lock     string refresh lock owner; SET NX PX, compare-and-delete release
-    P:v1:changes           pub/sub channel, messages "client kind digest"
-    P:v1:{budget}:grants   zset   permit id -> slot (ms of Redis time); the fleet's sliding window
-    P:v1:{budget}:cooldown string present until the upstream's reported reset (or a failover
-                                  fence) has passed
-    P:v1:{budget}:epoch    string run_id of the Redis process that counts the window
-    P:v1:instances         zset   "INSTANCE VERSION" -> Redis ms at which its heartbeat lapses
+    P:v2:{client.FP}:token   hash   sealed, digest, expires_at: the token sealed with AES-256-GCM
+    P:v2:{client.FP}:hold    string why the fleet holds off the upstream; expires with the hold
+    P:v2:{client.FP}:forced  string present while a forced refresh is too recent
+    P:v2:{client.FP}:lock    string refresh lock owner; SET NX PX, compare-and-delete release
+    P:v2:changes             pub/sub channel, messages "client.FP kind digest"
+    P:v1:{budget}:grants     zset   permit id -> slot (ms of Redis time); the fleet's sliding window
+    P:v1:{budget}:cooldown   string present until the upstream's reported reset (or a failover
+                                    fence) has passed
+    P:v1:{budget}:epoch      string run_id of the Redis process that counts the window
+    P:v1:instances           zset   "INSTANCE VERSION" -> Redis ms at which its heartbeat lapses
+
+The budget and instance keys keep their v1 names: their layout did not change, and a budget
+window must never be split between two schema versions during a rolling upgrade.
+
+Nothing read from Redis is trusted: an entry that does not decrypt, parse or pass the checks of
+`ClientSealer.open` is treated as missing, logged as `token.cache_entry_rejected` (never its
+contents), counted through `on_rejected`, and removed with compare-and-delete (`reject.lua`).
 
 Every redis-py exception is translated into `StoreUnavailable` here. The topology (one server,
 Sentinel, Cluster) is `app.store.redis_topology`'s business.
@@ -32,6 +41,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -48,6 +58,14 @@ from app.store.redis_topology import (
     SENTINEL_POLL_SECONDS,
     AnyRedis,
     open_topology,
+)
+from app.store.sealing import (
+    MAX_UPSTREAM_LIFETIME_SECONDS,
+    SCHEMA_VERSION,
+    ClientSealer,
+    EntryRejected,
+    SealedEntry,
+    Sealers,
 )
 from app.tokens.model import (
     ChangeKind,
@@ -68,11 +86,14 @@ if TYPE_CHECKING:  # adapters read settings; only app.main hands them over
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "v1"
+FLEET_SCHEMA_VERSION = "v1"
+"""The budget and instance keys: unchanged since v1 (the token keys are `SCHEMA_VERSION`)."""
 _SCRIPTS = (
     "load",
     "save",
     "discard",
+    "reject",
+    "time",
     "acquire",
     "release",
     "budget_reserve",
@@ -87,23 +108,41 @@ _RESUBSCRIBE_MAX_SECONDS = 5.0
 SUBSCRIBE_WAIT_SECONDS = 2.0
 T = TypeVar("T")
 
+RejectListener = Callable[[str, str], None]
+"""Called with (client, reason) for every cache entry this instance rejected."""
+
+
+def _not_counted(_client: str, _reason: str) -> None:
+    pass
+
 
 def lua(name: str) -> str:
     """The text of `app/store/lua/<name>.lua`."""
     return resources.files("app.store").joinpath("lua", f"{name}.lua").read_text("utf-8")
 
 
+def _no_fingerprint(_client: str) -> str:
+    return ""
+
+
 class KeySchema:
-    """Key names of schema v1 under a prefix."""
+    """Key names under a prefix: a client's keys (v2) name its credentials' fingerprint."""
 
-    def __init__(self, prefix: str) -> None:
-        self.base = f"{prefix}:{SCHEMA_VERSION}"
-        self.changes = f"{self.base}:changes"
+    def __init__(self, prefix: str, fingerprint: Callable[[str], str] = _no_fingerprint) -> None:
+        self.base = f"{prefix}:{FLEET_SCHEMA_VERSION}"
+        self.tokens = f"{prefix}:{SCHEMA_VERSION}"
+        self.changes = f"{self.tokens}:changes"
         self.instances = f"{self.base}:instances"
+        self._fingerprint = fingerprint
 
-    def client(self, client: str, kind: str) -> str:
-        """`P:v1:{client}:kind`."""
-        return f"{self.base}:{{{client}}}:{kind}"
+    def tag(self, client: str, fingerprint: str | None = None) -> str:
+        """`client.FP`: the hash tag of one client's keys under one generation of credentials
+        (the current one unless `fingerprint` is given)."""
+        return f"{client}.{self._fingerprint(client) if fingerprint is None else fingerprint}"
+
+    def client(self, client: str, kind: str, fingerprint: str | None = None) -> str:
+        """`P:v2:{client.FP}:kind`."""
+        return f"{self.tokens}:{{{self.tag(client, fingerprint)}}}:{kind}"
 
     @property
     def budget(self) -> list[str]:
@@ -136,10 +175,18 @@ class RedisStore:
         *,
         clock: Clock = SYSTEM_CLOCK,
         on_pool_exhausted: Callable[[], None] | None = None,
+        sealers: Sealers | None = None,
+        on_rejected: RejectListener = _not_counted,
     ) -> None:
+        """`sealers` holds each client's credential-bound keys (`app.main` binds every client;
+        without it, keys derive from client names alone: for tests and tools)."""
         assert settings.redis_url is not None
         self._clock = clock
-        self.keys = KeySchema(settings.key_prefix)
+        self.sealers = sealers or Sealers()
+        self._on_rejected = on_rejected
+        self.keys = KeySchema(
+            settings.key_prefix, lambda client: self.sealers.get(client).fingerprint
+        )
         # At most max_connections commands at once; one at the bound waits, then fails.
         self.gate = ConnectionGate(
             settings.max_connections, settings.pool_timeout_seconds, on_pool_exhausted
@@ -192,60 +239,118 @@ class RedisStore:
         async with translated(name):
             return await self._scripts[name](keys=keys, args=args)
 
-    def _token(self, access_token: Any, token_type: Any, expires_in: Any, age: Any) -> Token | None:
-        """A stored token, its times moved from Redis' clock (relative) onto this instance's."""
-        if not access_token:
-            return None
-        now = self._clock.time()
-        return Token(
-            access_token, now + float(expires_in), now - float(age), token_type or "Bearer"
-        )
-
     async def load(self, client: str) -> TokenRecord:
-        """Token and hold in one script call."""
-        k = self.keys
-        raw = await self._run("load", [k.client(client, "token"), k.client(client, "hold")], [])
-        token = self._token(raw[0], raw[1], raw[2], raw[3])
-        hold = None
-        if raw[4] and int(raw[5]) > 0:
-            hold = Hold(HoldReason(raw[4]), int(raw[5]) / 1000)
+        """Token and hold in one script call; an entry that fails any check is missing."""
+        sealer = self.sealers.get(client)
+        token, hold = await self._read(client, sealer)
         return TokenRecord(token, hold)
 
+    async def _read(self, client: str, sealer: ClientSealer) -> tuple[Token | None, Hold | None]:
+        keys = self._token_keys(client, sealer.fingerprint)
+        raw = await self._run("load", keys, [])
+        hold = None
+        if raw[5] and int(raw[6]) > 0:
+            hold = Hold(HoldReason(raw[5]), int(raw[6]) / 1000)
+        entry_id = raw[3]
+        if entry_id is None:
+            return None, hold
+        redis_now = float(raw[4])
+        try:
+            if raw[0] is None or raw[1] is None or raw[2] is None:
+                raise EntryRejected("malformed")
+            opened = sealer.open(SealedEntry(raw[0], raw[1], raw[2]), redis_now)
+        except EntryRejected as exc:
+            await self._reject(client, keys[0], entry_id, exc.reason)
+            return None, hold
+        now = self._clock.time()  # the token's times move from Redis' clock onto this one's
+        token = Token(
+            opened.access_token,
+            now + (opened.expires_at - redis_now),
+            now - (redis_now - opened.obtained_at),
+            opened.token_type,
+            minted_by=sealer.fingerprint,
+        )
+        return token, hold
+
+    async def _reject(self, client: str, key: str, entry_id: str, reason: str) -> None:
+        """Log, count and compare-and-delete an entry that must not be served."""
+        removed = False
+        try:
+            removed = bool(await self._run("reject", [key], [entry_id]))
+        finally:  # logged and counted even when Redis fails between the read and the removal
+            log_event(
+                log,
+                logging.WARNING,
+                "token.cache_entry_rejected",
+                client=client,
+                reason=reason,
+                removed=removed,
+            )
+            self._on_rejected(client, reason)
+
+    def _token_keys(self, client: str, fingerprint: str) -> list[str]:
+        return [
+            self.keys.client(client, "token", fingerprint),
+            self.keys.client(client, "hold", fingerprint),
+        ]
+
     async def save(self, client: str, token: Token) -> Token:
-        """Store `token` unless a later-expiring one is stored; return the winner."""
-        k = self.keys
+        """Store `token` sealed, unless a later-expiring one is stored; return the winner.
+
+        A token minted with other credentials than the client's current ones is not stored
+        (it is returned as is: the token service does not serve it either).
+        """
+        sealer = self.sealers.get(client)
+        if token.minted_by and token.minted_by != sealer.fingerprint:
+            return token
+        token = _within_upstream_lifetime(client, token)
+        keys = self._token_keys(client, sealer.fingerprint)
+        for _ in range(3):  # a stored winner that fails the checks is removed, then try again
+            if await self._store_sealed(client, sealer, keys, token):
+                return token
+            winner, _ = await self._read(client, sealer)
+            if winner is not None:
+                return winner
+        return token  # kept by this instance; the store catches up at the next refresh
+
+    async def _store_sealed(
+        self, client: str, sealer: ClientSealer, keys: list[str], token: Token
+    ) -> bool:
+        # The times are sealed with the entry, so they are taken on Redis' clock first (the
+        # node that holds the key), as the relative times v1 passed to the script were.
+        redis_now = float(await self._run("time", keys[:1], []))
         now = self._clock.time()
+        expires_at = redis_now + (token.expires_at - now)
+        obtained_at = redis_now - max(0.0, now - token.obtained_at)
+        entry = sealer.seal(token.access_token, token.token_type, expires_at, obtained_at)
         ttl_ms = max(1000, int((token.expires_at - now) * 1000) + 1000)
-        raw = await self._run(
+        stored = await self._run(
             "save",
-            [k.client(client, "token"), k.client(client, "hold")],
+            keys,
             [
-                token.access_token,
-                token.token_type,
-                repr(token.expires_at - now),
-                repr(max(0.0, now - token.obtained_at)),
+                entry.sealed,
+                entry.digest,
+                entry.expires_at,
                 ttl_ms,
-                k.changes,
-                _message(client, ChangeKind.SAVED, token.digest),
+                self.keys.changes,
+                _message(self.keys.tag(client, sealer.fingerprint), ChangeKind.SAVED, token.digest),
             ],
         )
-        if int(raw[0]) == 1:
-            return token
-        winner = self._token(raw[1], raw[2], raw[3], raw[4])
-        assert winner is not None
-        return winner
+        return int(stored) == 1
 
     async def discard(self, client: str, access_token: str, min_interval: float) -> DiscardResult:
-        """Compare-and-delete with the forced-refresh floor, decided inside Redis."""
-        k = self.keys
+        """Compare-and-delete (on the keyed digest) with the forced-refresh floor, decided
+        inside Redis."""
+        sealer = self.sealers.get(client)
+        fp = sealer.fingerprint
         raw = await self._run(
             "discard",
-            [k.client(client, "token"), k.client(client, "forced")],
+            [self.keys.client(client, "token", fp), self.keys.client(client, "forced", fp)],
             [
-                access_token,
+                sealer.digest(access_token),
                 int(min_interval * 1000),
-                k.changes,
-                _message(client, ChangeKind.DISCARDED, digest(access_token)),
+                self.keys.changes,
+                _message(self.keys.tag(client, fp), ChangeKind.DISCARDED, digest(access_token)),
             ],
         )
         code = int(raw[0])
@@ -268,10 +373,14 @@ class RedisStore:
     # -- lock ---------------------------------------------------------------------------------
 
     async def acquire(self, client: str, ttl: float) -> Lease:
-        """SET NX PX with a fresh owner id per acquisition."""
-        owner = secrets.token_hex(12)
+        """SET NX PX with a fresh owner id per acquisition, on the lock of the client's current
+        credentials (the owner id names them, for the release)."""
+        fingerprint = self.sealers.get(client).fingerprint
+        owner = f"{fingerprint}.{secrets.token_hex(12)}"
         raw = await self._run(
-            "acquire", [self.keys.client(client, "lock")], [owner, int(ttl * 1000)]
+            "acquire",
+            [self.keys.client(client, "lock", fingerprint)],
+            [owner, int(ttl * 1000)],
         )
         if int(raw[0]) == 1:
             return Lease(client, owner)
@@ -281,10 +390,15 @@ class RedisStore:
         """Compare-and-delete; wakes waiters. False when the lease had lapsed."""
         if lease.owner is None:
             return False
+        fingerprint = lease.owner.partition(".")[0]
         released = await self._run(
             "release",
-            [self.keys.client(lease.client, "lock")],
-            [lease.owner, self.keys.changes, _message(lease.client, ChangeKind.RELEASED, "-")],
+            [self.keys.client(lease.client, "lock", fingerprint)],
+            [
+                lease.owner,
+                self.keys.changes,
+                _message(self.keys.tag(lease.client, fingerprint), ChangeKind.RELEASED, "-"),
+            ],
         )
         return bool(released)
 
@@ -390,6 +504,10 @@ class RedisStore:
         change = _parse_message(data)
         if change is None:
             return
+        client, _, fingerprint = change.client.partition(".")
+        if fingerprint != self.sealers.get(client).fingerprint:
+            return  # another generation of this client's credentials (a rolling rotation)
+        change = TokenChange(client, change.kind, change.digest)
         for listener in self._listeners:
             listener(change)
 
@@ -398,8 +516,28 @@ def _ms(seconds: float) -> int:
     return max(0, round(seconds * 1000))
 
 
-def _message(client: str, kind: ChangeKind, digest: str) -> str:
-    return f"{client} {kind.value} {digest}"
+def _within_upstream_lifetime(client: str, token: Token) -> Token:
+    """`token`, its expiry brought forward to the longest lifetime the upstream grants.
+
+    Readers reject entries that claim to live longer (a tampered expiry looks like that), so a
+    longer-lived token is stored, and served, as if it lived that long: refreshed early, never
+    refetched in a loop.
+    """
+    if token.lifetime <= MAX_UPSTREAM_LIFETIME_SECONDS:
+        return token
+    log_event(
+        log,
+        logging.INFO,
+        "token.lifetime_capped",
+        client=client,
+        lifetime=round(token.lifetime),
+        capped_to=round(MAX_UPSTREAM_LIFETIME_SECONDS),
+    )
+    return replace(token, expires_at=token.obtained_at + MAX_UPSTREAM_LIFETIME_SECONDS)
+
+
+def _message(tag: str, kind: ChangeKind, digest: str) -> str:
+    return f"{tag} {kind.value} {digest}"
 
 
 def _parse_message(data: object) -> TokenChange | None:

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Mapping
 
 from app.clock import Clock
-from app.errors import BudgetExhausted, StoreUnavailable, UpstreamError
+from app.errors import BudgetExhausted, StoreUnavailable, UpstreamError, UpstreamUnavailable
 from app.tokens.l1 import L1Cache
 from app.tokens.model import ClientPolicy, Lease, Token
 from app.tokens.ports import LocalStore, RefreshLock, TokenEvents, TokenStore
@@ -21,6 +21,8 @@ from app.tokens.status import ClientStatus
 from app.tokens.store_state import StoreState
 
 MAX_WAIT_FOR_BROADCAST_SECONDS = 2.0
+MAX_GENERATION_RETRIES = 3
+"""How often one `obtain` starts over when the client's credentials changed under it."""
 
 
 class FleetFlight:
@@ -49,6 +51,7 @@ class FleetFlight:
         self._events = events
         self._inflight: dict[str, asyncio.Future[Token]] = {}
         self._changed: dict[str, asyncio.Event] = {}
+        self._generations: dict[str, str] = {}  # client -> tag of its current credentials
 
     async def join(self, client: str) -> Token:
         """The token of `client`, obtained once for every concurrent caller in this process."""
@@ -61,7 +64,37 @@ class FleetFlight:
         return await asyncio.shield(future)
 
     async def obtain(self, client: str, ahead: float = 0.0) -> Token:
-        """A token servable for `ahead` more seconds: from the shared store, or fetched."""
+        """A token servable for `ahead` more seconds: from the shared store, or fetched; always
+        one obtained with the client's current credentials."""
+        for _ in range(MAX_GENERATION_RETRIES):
+            token = await self._obtain_once(client, ahead)
+            if self.current(client, token):
+                return token
+            # The credentials changed while this token was being read or fetched: start over.
+        raise UpstreamUnavailable(
+            f"the credentials of client {client!r} kept changing while a token was obtained",
+            client=client,
+            retry_after=1.0,
+        )
+
+    def current(self, client: str, token: Token) -> bool:
+        """Whether `token` was obtained with the client's current credentials (any token, until
+        they first change)."""
+        generation = self._generations.get(client)
+        return generation is None or token.minted_by == generation
+
+    def new_generation(self, client: str, generation: str) -> None:
+        """From now on serve only tokens tagged `generation`; forget the one in L1 if older."""
+        self._generations[client] = generation
+        entry = self._l1.entry(client)
+        if entry is not None and not self.current(client, entry.token):
+            self._l1.forget(client, entry.token.digest)
+        status = self._status[client]
+        if status.token is not None and not self.current(client, status.token):
+            status.token = None
+        self.wake(client)
+
+    async def _obtain_once(self, client: str, ahead: float) -> Token:
         if self._store_state.worth_trying():
             failures = self._store_state.failures
             try:
@@ -84,8 +117,10 @@ class FleetFlight:
             event.set()
 
     def remember(self, client: str, token: Token) -> Token:
-        """Serve `token` from L1 from now on."""
+        """Serve `token` from L1 from now on (unless older credentials obtained it)."""
         self._events.token_held(client, token)
+        if not self.current(client, token):
+            return token  # `obtain` starts over
         self._l1.put(client, token, token.serve_until(self._policies[client].refresh_buffer))
         self._status[client].holds(token)
         return token
@@ -125,6 +160,8 @@ class FleetFlight:
         """
         record = await store.load(client)
         token = self._l1.usable(client, record.token)
+        if token is not None and not self.current(client, token):
+            token = None  # read under credentials that changed meanwhile: as good as none
         if token is not None and self._fresh(client, token, ahead):
             self._events.cache_hit(client, "l2")
             return self.remember(client, token), token

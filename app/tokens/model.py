@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import re
 from dataclasses import dataclass, field
+
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*\Z")
+
+
+def is_b64token(value: str) -> bool:
+    """Whether `value` may be a bearer token: RFC 6750 §2.1 `b64token` (also a legal header
+    value, which a token with a control character or a space is not)."""
+    return bool(_B64TOKEN.match(value))
 
 
 def digest(secret: str) -> str:
@@ -25,6 +34,9 @@ class Token:
     expires_at: float  # unix seconds, measured from when the request was sent
     obtained_at: float  # unix seconds, when the request was sent
     token_type: str = "Bearer"
+    # Which credentials obtained it, as an opaque tag from the adapters ("" = not known). After
+    # a client's credentials change the core serves only tokens of the new tag.
+    minted_by: str = ""
 
     @property
     def lifetime(self) -> float:

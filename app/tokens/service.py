@@ -160,6 +160,13 @@ class TokenService:
         self._l1.forget(client, digest(access_token))
         return result.outcome is DiscardOutcome.DISCARDED
 
+    def credentials_changed(self, client: str, generation: str) -> None:
+        """The credentials of `client` changed; `generation` tags the tokens they obtain (see
+        `Token.minted_by`). No token obtained with earlier ones is served again: the next
+        request reads the store or the upstream anew."""
+        if client in self._status:
+            self._flight.new_generation(client, generation)
+
     def on_change(self, change: TokenChange) -> None:
         """Store listener: drop L1 entries that changed and wake local waiters."""
         if change.client not in self._status:

@@ -13,17 +13,18 @@ import math
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote_plus
 
 import httpx
-from pydantic import SecretStr
 
 from app.clock import SYSTEM_CLOCK, Clock
 from app.config import ClientSettings
 from app.errors import UpstreamCredentialsRejected, UpstreamTimeout, UpstreamUnavailable
-from app.observability.logs import REDACTOR, log_event
-from app.tokens.model import Token
+from app.observability.logs import log_event
+from app.tokens.model import Token, is_b64token
+from app.upstream.credentials import ClientCredentials, Credentials
 from app.upstream.failures import translate
 
 log = logging.getLogger(__name__)
@@ -46,28 +47,29 @@ class UpstreamTokenClient:
         clients: Mapping[str, ClientSettings],
         *,
         clock: Clock = SYSTEM_CLOCK,
+        credentials: ClientCredentials | None = None,
     ) -> None:
+        """`credentials` (reloaded secrets, fingerprints) defaults to the settings' secrets."""
         self._http = http
         self._clients = dict(clients)
-        self._secrets: dict[str, SecretStr] = {
-            name: spec.secret() for name, spec in clients.items()
-        }
-        for secret in self._secrets.values():
-            REDACTOR.add_secret(secret.get_secret_value())
+        self._credentials = credentials or ClientCredentials(clients)
         self._clock = clock
 
     async def fetch(self, client: str) -> Token:
-        """Request a new token for `client` from the upstream."""
+        """Request a new token for `client` from the upstream, tagged with the credentials
+        that obtained it."""
         spec = self._clients[client]
+        credentials = self._credentials.get(client)
         sent_at = self._clock.time()
         started = time.perf_counter()
         try:
-            response = await self._send(client, spec)
+            response = await self._send(spec, credentials)
         except httpx.HTTPError as exc:
             failure = translate(exc, "the upstream token endpoint", client)
             reason = "timeout" if isinstance(failure, UpstreamTimeout) else "connection_error"
             raise self._unavailable(client, started, reason) from exc
         token = self._parse(client, response, sent_at, started)
+        token = replace(token, minted_by=credentials.fingerprint)
         log_event(
             log,
             logging.INFO,
@@ -79,16 +81,16 @@ class UpstreamTokenClient:
         )
         return token
 
-    async def _send(self, client: str, spec: ClientSettings) -> httpx.Response:
+    async def _send(self, spec: ClientSettings, credentials: Credentials) -> httpx.Response:
         form = {"grant_type": "client_credentials"}
         headers = {"Accept": "application/json"}
-        secret = self._secrets[client].get_secret_value()
+        client_id, secret = credentials.client_id, credentials.secret.get_secret_value()
         if spec.client_auth == "basic":
             # RFC 6749 §2.3.1: form-urlencode id and secret before Basic encoding.
-            pair = f"{quote_plus(spec.client_id)}:{quote_plus(secret)}".encode()
+            pair = f"{quote_plus(client_id)}:{quote_plus(secret)}".encode()
             headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
         else:
-            form |= {"client_id": spec.client_id, "client_secret": secret}
+            form |= {"client_id": client_id, "client_secret": secret}
         return await self._http.post(
             spec.token_url, data=form, headers=headers, timeout=spec.timeout_seconds
         )
@@ -149,6 +151,8 @@ def _token_from(body: Any, sent_at: float) -> Token:
     access_token = body.get("access_token")
     if not isinstance(access_token, str) or not access_token:
         raise ValueError("no access_token")
+    if not is_b64token(access_token):  # e.g. a control character: not even a header value
+        raise ValueError("access_token is not an RFC 6750 bearer token")
     token_type = body.get("token_type", "Bearer")
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
         raise ValueError("token_type is not Bearer")

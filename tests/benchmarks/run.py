@@ -21,12 +21,12 @@ from pathlib import Path
 
 import httpx
 
-from tests.benchmarks import budget, fleet, memory, procs, rotation, throughput
+from tests.benchmarks import budget, encryption, fleet, memory, procs, rotation, throughput
 from tests.benchmarks.report import Section
 from tests.support.redis import RedisServer
 
 RESULTS = Path(".bench/results.md")
-SECTIONS = ("throughput", "fleet", "rotation", "budget", "memory")
+SECTIONS = ("throughput", "fleet", "rotation", "budget", "memory", "encryption")
 
 
 def warm_body(broker_url: str) -> bytes:
@@ -76,12 +76,18 @@ def plans(quick: bool) -> dict[str, Callable[[RedisServer, Path], Section]]:
     ro = rotation.RotationPlan(seconds=20) if quick else rotation.RotationPlan()
     bu = budget.BudgetPlan(seconds=8, latency_seconds=1) if quick else budget.BudgetPlan()
     me = memory.MemoryPlan(load_seconds=20) if quick else memory.MemoryPlan()
+    en = (
+        encryption.EncryptionPlan(warm_seconds=1, cold_fetches=20, store_round_trips=100)
+        if quick
+        else encryption.EncryptionPlan()
+    )
     return {
         "throughput": lambda redis, work: run_throughput(redis, work, tp),
         "fleet": lambda redis, work: fleet.measure(fl, redis.url, work, prefix("fl")),
         "rotation": lambda redis, work: rotation.measure(ro, redis.url, work, prefix("ro")),
         "budget": lambda redis, work: budget.measure(bu, redis.url, work, prefix("bu")),
         "memory": lambda redis, work: memory.measure(me, redis.url, work, prefix("me")),
+        "encryption": lambda redis, work: encryption.measure(en, redis.url, work, prefix("en")),
     }
 
 

@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from tests.conftest import BrokerFactory
+from tests.conftest import EMULATOR_ID, EMULATOR_SECRET, BrokerFactory
 from tests.contract import assert_token, orders
 from tests.support.redis import RedisServer
+from tests.support.sealed import write_sealed_token
 
 
 @pytest.mark.parametrize("store_config", ["redis"], indirect=True)
@@ -21,15 +22,14 @@ async def test_a_token_replaced_without_a_broadcast_is_not_served_after_1_second
     instance that holds the old one in L1 serves the new one, even with no traffic between."""
     async with broker() as http:
         old = assert_token(await http.get("/token", headers=orders()))["access_token"]
-        key = f"{store_config['key_prefix']}:v1:{{checkout}}:token"
         async with aioredis.Redis.from_url(redis_server.url) as client:
-            seconds, micros = await client.time()
-            now = seconds + micros / 1e6
-            await client.hset(  # what another instance's save writes, minus its PUBLISH
-                key,
-                mapping={"access_token": "replaced-without-broadcast", "expires_at": now + 3600,
-                         "obtained_at": now, "token_type": "Bearer"},
-            )  # fmt: skip
+            await write_sealed_token(  # what another instance's save writes, minus its PUBLISH
+                client,
+                store_config["key_prefix"],
+                "checkout",
+                (EMULATOR_ID, EMULATOR_SECRET),
+                "replaced-without-broadcast",
+            )
         await asyncio.sleep(1.0)
         served = assert_token(await http.get("/token", headers=orders()))["access_token"]
     assert old != "replaced-without-broadcast"

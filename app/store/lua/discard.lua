@@ -1,9 +1,10 @@
--- Compare-and-delete a reported token, at most once per forced-refresh interval.
+-- Compare-and-delete a reported token, at most once per forced-refresh interval. The entry is
+-- sealed, so the comparison is on the keyed digest of the token (field `digest`).
 -- KEYS[1] token hash, KEYS[2] forced-refresh marker (expires after the interval)
--- ARGV[1] reported access_token, ARGV[2] interval in ms, ARGV[3] changes channel,
--- ARGV[4] message "client discarded digest"
+-- ARGV[1] keyed digest of the reported access_token, ARGV[2] interval in ms, ARGV[3] changes
+-- channel, ARGV[4] message "tag discarded digest"
 -- Returns {0} not the current token, {1} discarded, {2, ms_left} throttled
-if redis.call('HGET', KEYS[1], 'access_token') ~= ARGV[1] then
+if redis.call('TYPE', KEYS[1]).ok ~= 'hash' or redis.call('HGET', KEYS[1], 'digest') ~= ARGV[1] then
   return {0}
 end
 local left = redis.call('PTTL', KEYS[2])

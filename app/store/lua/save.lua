@@ -1,24 +1,23 @@
--- Store a new token unless the stored one expires later (a holder whose lock lapsed can never
--- replace a newer token), end any hold, and announce the change to every instance.
--- Times are stored on Redis' clock: the caller passes them relative to now and gets them back
--- relative to now, so instances whose clocks disagree still agree on how long a token lives.
+-- Store a new sealed token unless the stored one expires later (a holder whose lock lapsed can
+-- never replace a newer token), end any hold, and announce the change to every instance.
+-- The times were read from this server's clock (time.lua) just before and are sealed inside
+-- the entry, so the entry is stored as given; expires_at is repeated in clear for this compare.
 -- KEYS[1] token hash, KEYS[2] hold
--- ARGV[1] access_token, ARGV[2] token_type, ARGV[3] seconds until expiry,
--- ARGV[4] seconds since obtained (>= 0), ARGV[5] key TTL in ms, ARGV[6] changes channel,
--- ARGV[7] message "client saved digest"
--- Returns {1} when stored, or {0, access_token, token_type, expires_in, age} (the winner; the
--- two times as strings of seconds relative to now)
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local expires_at = now + tonumber(ARGV[3])
-local cur = redis.call('HMGET', KEYS[1], 'access_token', 'token_type', 'expires_at', 'obtained_at')
-if cur[1] and tonumber(cur[3]) >= expires_at then
-  return {0, cur[1], cur[2], tostring(tonumber(cur[3]) - now), tostring(now - tonumber(cur[4]))}
+-- ARGV[1] sealed, ARGV[2] digest (keyed, of the token), ARGV[3] expires_at (unix s, Redis'
+-- clock), ARGV[4] key TTL in ms, ARGV[5] changes channel, ARGV[6] message "tag saved digest"
+-- Returns 1 when stored, 0 when the stored entry expires later (the caller reads it)
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind == 'hash' then
+  local stored = tonumber(redis.call('HGET', KEYS[1], 'expires_at'))
+  -- stored == stored: false for NaN, which a tampered field may hold
+  if stored and stored == stored and stored >= tonumber(ARGV[3]) then
+    return 0
+  end
 end
-redis.call('HSET', KEYS[1], 'access_token', ARGV[1], 'token_type', ARGV[2],
-           'expires_at', string.format('%.6f', expires_at),
-           'obtained_at', string.format('%.6f', now - tonumber(ARGV[4])))
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
+-- DEL first: a key of another type, or stray fields, never outlive a save
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'sealed', ARGV[1], 'digest', ARGV[2], 'expires_at', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('DEL', KEYS[2])
-redis.call('PUBLISH', ARGV[6], ARGV[7])
-return {1}
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return 1
