@@ -35,6 +35,7 @@ from typing import Protocol
 
 from app.budget.model import (
     LEASE_GRACE_SECONDS,
+    SNAPSHOT_MAX_GRANTS,
     TOKEN_CALLER,
     Answer,
     Outcome,
@@ -305,7 +306,7 @@ class FairWindow:
         """Grant `request` now, queue it and say when to ask again, or deny it; with the
         window's grant ages when the request asks for a snapshot."""
         answer = self._decide(now, window, request, max_wait)
-        if not request.snapshot:
+        if not request.snapshot or len(self.log.times) > SNAPSHOT_MAX_GRANTS:
             return answer
         ages = tuple(now - t for t in self.log.times)
         return dataclasses.replace(answer, snapshot=Snapshot(ages))

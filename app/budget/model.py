@@ -14,6 +14,8 @@ LEASE_GRACE_SECONDS = 1.0
 """A waiter that has not asked again within its predicted delay plus this is dropped."""
 TAG_SCALE = 1000
 """Virtual-time units one permit costs a caller of weight 1 (tags stay integers)."""
+SNAPSHOT_MAX_GRANTS = 1000
+"""A window holding more grants is not listed in a snapshot (an outage then counts it full)."""
 
 
 def tag_cost(weight: float) -> int:

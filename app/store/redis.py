@@ -58,6 +58,7 @@ from redis.asyncio.client import PubSub
 
 from app.budget.model import (
     LEASE_GRACE_SECONDS,
+    SNAPSHOT_MAX_GRANTS,
     Answer,
     Outcome,
     PermitRequest,
@@ -124,7 +125,6 @@ _RESUBSCRIBE_FIRST_SECONDS = 0.1
 _RESUBSCRIBE_MAX_SECONDS = 5.0
 SUBSCRIBE_WAIT_SECONDS = 2.0
 T = TypeVar("T")
-SNAPSHOT_MAX_GRANTS = 1000  # a larger window is not listed: an outage then counts it as full
 USAGE_MAX_ATTRIBUTED = 10_000  # grants and waiters attributed to callers per /health
 _OUTCOMES = {1: Outcome.GRANTED, 0: Outcome.WAITING, -1: Outcome.DENIED}
 

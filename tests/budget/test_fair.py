@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from app.budget.fair import FairQueue, FairWindow, SlidingLog
 from app.budget.model import (
     LEASE_GRACE_SECONDS,
+    SNAPSHOT_MAX_GRANTS,
     Outcome,
     PermitRequest,
     Snapshot,
@@ -222,3 +223,16 @@ def test_an_instance_that_never_saw_the_window_waits_one_window_then_takes_its_s
     assert math.isinf(
         share_capacity(Window(2, 5.0), 3, None, 0.0, SlidingLog()).next_slot(10.0, (0, 0), False)
     )
+
+
+def test_a_snapshot_lists_the_window_only_up_to_its_cap() -> None:
+    """A snapshot gives the ages of the window's grants; past SNAPSHOT_MAX_GRANTS it gives none
+    (an outage then counts the window as full), as budget_ask.lua does."""
+    budget, window = FairWindow(), Window(SNAPSHOT_MAX_GRANTS + 5, 60.0)
+    for i in range(3):
+        budget.ask(float(i), window, PermitRequest(f"g{i}", "a", 1000), 0)
+    listed = budget.ask(3.0, window, PermitRequest("s", "a", 1000, snapshot=True), 0)
+    assert listed.snapshot == Snapshot((3.0, 2.0, 1.0, 0.0))
+    for i in range(SNAPSHOT_MAX_GRANTS):
+        budget.ask(4.0, window, PermitRequest(f"h{i}", "a", 1000), 0)
+    assert budget.ask(4.0, window, PermitRequest("t", "a", 1000, snapshot=True), 0).snapshot is None
