@@ -200,8 +200,11 @@ class BudgetSettings(_Strict):
     max_wait_seconds: Seconds = 30.0
     safety_margin_seconds: Seconds = 1.0
     count_token_requests: bool = False
-    on_store_unavailable: Literal["fail_closed", "local_share"] = "fail_closed"
-    expected_instances: Annotated[int, Field(ge=1)] = 3  # for local_share: limit / instances
+    # local_share: while Redis is unreachable each instance grants limit // (the fleet size it
+    # last saw) per window (app/budget/outage.py); fail_closed: 503 store_unavailable instead
+    on_store_unavailable: Literal["fail_closed", "local_share"] = "local_share"
+    expected_instances: Annotated[int, Field(ge=1)] = 3  # the fleet size before one was seen
+    token_reserve: Annotated[int, Field(ge=0)] = 2  # with count_token_requests: kept for tokens
 
 
 class ProxySettings(_Strict):
@@ -252,6 +255,7 @@ class CallerSettings(_Strict):
     api_key_sha256: Sha256Hex | None = None
     mtls_identities: list[MtlsIdentity] = []
     clients: Annotated[list[Name], Field(min_length=1)]
+    budget_weight: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] = 1.0
 
     @model_validator(mode="after")
     def _has_credential(self) -> Self:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import secrets
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -22,15 +22,14 @@ from app.auth.callers import CallerAuthenticator
 from app.budget.model import BudgetPolicy
 from app.budget.service import BudgetService
 from app.clock import SYSTEM_CLOCK, Clock
-from app.config import BudgetSettings, Settings, StoreSettings
-from app.observability.fleet import heartbeating
+from app.config import BudgetSettings, CallerSettings, Settings, StoreSettings
+from app.observability.fleet import FleetView, heartbeating
 from app.observability.logs import log_event
 from app.observability.metrics import BrokerMetrics
 from app.observability.request_log import RequestLogMiddleware, refused_request_log
 from app.observability.tracing import Tracing, start_tracing
 from app.services import Services
 from app.store.memory import MemoryStore
-from app.store.memory_budget import MemoryBudget
 from app.store.ports import Store
 from app.store.sealing import Key, Sealers, credential_fingerprint, parse_keyring
 from app.tokens.model import ClientPolicy
@@ -114,25 +113,31 @@ def policies_of(settings: Settings) -> dict[str, ClientPolicy]:
     }
 
 
-def budget_policy_of(settings: BudgetSettings) -> BudgetPolicy:
-    """The budget service's rules; `local_share` only when `on_store_unavailable` asks for it."""
-    local_share = None
-    if settings.on_store_unavailable == "local_share":
-        local_share = max(1, settings.limit // settings.expected_instances)
+def budget_policy_of(
+    settings: BudgetSettings, callers: Mapping[str, CallerSettings] | None = None
+) -> BudgetPolicy:
+    """The budget service's rules: the callers' weights, the token reserve (only when token
+    requests take permits), and what to do while the store is unreachable."""
     return BudgetPolicy(
         limit=settings.limit,
         window_seconds=settings.window_seconds,
         max_wait_seconds=settings.max_wait_seconds,
         safety_margin_seconds=settings.safety_margin_seconds,
-        local_share=local_share,
+        token_reserve=settings.token_reserve if settings.count_token_requests else 0,
+        weights={name: caller.budget_weight for name, caller in (callers or {}).items()},
+        outage_share=settings.on_store_unavailable == "local_share",
+        expected_instances=settings.expected_instances,
     )
 
 
 def permit_taker(budget_service: BudgetService) -> Callable[[str], Awaitable[None]]:
-    """Token requests take budget permits too (`budget.count_token_requests`)."""
+    """Token requests take budget permits too (`budget.count_token_requests`); they come before
+    waiting API permits and may use the token reserve."""
 
     async def take(client: str) -> None:
-        await budget_service.acquire(client, budget_service.policy.max_wait_seconds)
+        await budget_service.acquire(
+            client, budget_service.policy.max_wait_seconds, token_request=True
+        )
 
     return take
 
@@ -164,12 +169,13 @@ async def open_services(
             fetcher = UpstreamTokenClient(
                 http, settings.clients, clock=clock, credentials=credentials
             )
+            fleet_view = FleetView(settings.budget.expected_instances)
             budget_service = BudgetService(
-                budget_policy_of(settings.budget),
+                budget_policy_of(settings.budget, settings.callers),
                 store,
-                local=MemoryBudget(clock=clock),
                 clock=clock,
                 events=metrics.budget,
+                fleet_size=fleet_view.last_size,
             )
             token_service = TokenService(
                 policies_of(settings),
@@ -207,7 +213,7 @@ async def open_services(
             metrics.build_info.labels(__version__).set(1)
             watcher = asyncio.create_task(credentials.watch()) if credentials.watched else None
             try:
-                async with heartbeating(store, services.instance, services.version):
+                async with heartbeating(store, services.instance, services.version, fleet_view):
                     yield services
             finally:
                 if watcher is not None:

@@ -42,7 +42,7 @@ async def acquire_permit(
 ) -> JSONResponse:
     """Take one upstream permit, waiting up to `wait` seconds (capped by max_wait_seconds)."""
     name = services.auth.authorize(caller, client)
-    grant = await services.budget.acquire(name, wait)
+    grant = await services.budget.acquire(name, wait, caller=caller.name)
     body = {
         "granted": True,
         "limit": grant.limit,

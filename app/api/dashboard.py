@@ -232,6 +232,33 @@ def budget_card(budget: dict[str, Any]) -> str:
     )
 
 
+def budget_panel(budget: dict[str, Any]) -> str:
+    """Per caller: permits granted in the current window and requests waiting."""
+    rows = [(name, row) for name, row in sorted(budget.get("callers", {}).items())]
+    if "token_requests" in budget:
+        rows.append(("token requests (the broker's own)", budget["token_requests"]))
+    if not rows:
+        return ""
+    body = "".join(
+        f'<tr data-caller="{esc(name)}"><th>{esc(name)}</th><td>{esc(row["granted"])}</td>'
+        f"<td>{esc(row['waiting'])}</td></tr>"
+        for name, row in rows
+    )
+    share = budget.get("local_share")
+    mode = (
+        badge(f"granting alone: {share['per_window']} per window", "warn")
+        if share
+        else badge(str(budget.get("mode", "shared")), "warn" if budget.get("degraded") else "ok")
+    )
+    scope = "this instance" if share else "fleet-wide"
+    return (
+        f'<section class="panel" id="budget-callers"><h2>Budget by caller</h2>'
+        f'<p class="small">{mode}{DOT}{esc(scope)}, current window</p>'
+        "<table><thead><tr><th>caller</th><th>granted</th><th>waiting</th></tr></thead>"
+        f"<tbody>{body}</tbody></table></section>"
+    )
+
+
 def state_cards(report: dict[str, Any]) -> str:
     """Store, upstream, budget and fleet at a glance."""
     store, upstream, fleet = report["store"], report["upstream"]["state"], report["fleet"]
@@ -297,7 +324,7 @@ def render_dashboard(
         f" \u00b7 reloads every {int(refresh_seconds)} s</p>"
         f'<ul id="reasons">{reasons}</ul></header>'
         f"{state_cards(report)}{history_panel(history, report['budget'])}"
-        f"{clients_panel(report)}{errors_panel(report)}"
+        f"{budget_panel(report['budget'])}{clients_panel(report)}{errors_panel(report)}"
         "<footer>/health, /health/live, /health/ready and /metrics need no credentials: "
         "keep them inside the cluster.</footer></body></html>"
     )

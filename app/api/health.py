@@ -17,6 +17,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from app.api.dashboard import DASHBOARD_HEADERS, prefers_html, render_dashboard
 from app.api.deps import ServicesDep
+from app.budget.model import TOKEN_CALLER, Usage
 from app.errors import StoreUnavailable
 from app.services import Services
 
@@ -81,8 +82,24 @@ def upstream_state(clients: dict[str, dict[str, Any]]) -> str:
     return "ok" if outcomes else "unknown"
 
 
+def _by_caller(services: Services, usage: Usage, report: dict[str, Any]) -> None:
+    """Per configured caller (and the broker's own token requests): granted in the window,
+    waiting; any other name (none in practice) counts as `other`."""
+    for kind, counts in (("granted", usage.granted), ("waiting", usage.waiting)):
+        for name, count in counts.items():
+            if name == TOKEN_CALLER:
+                row = report["token_requests"]
+            else:
+                row = report["callers"].setdefault(
+                    name if name in services.settings.callers else "other",
+                    {"granted": 0, "waiting": 0},
+                )
+            row[kind] += count
+
+
 async def budget_report(services: Services) -> dict[str, Any]:
-    """The fleet budget's limit and current use (use unknown while the store is down)."""
+    """The fleet budget: limit, use, cooldown and per caller grants and waiters, from the
+    shared window; while the store is down, this instance's share and its own use."""
     policy = services.budget.policy
     report: dict[str, Any] = {
         "limit": policy.limit,
@@ -90,16 +107,43 @@ async def budget_report(services: Services) -> dict[str, Any]:
         "used": None,
         "remaining": None,
         "cooldown_seconds": None,
+        "mode": "shared",
+        "degraded": False,
+        "callers": {name: {"granted": 0, "waiting": 0} for name in services.settings.callers},
+        "token_requests": {"granted": 0, "waiting": 0},
     }
     try:
         usage = await asyncio.wait_for(services.budget.usage(), PING_TIMEOUT_SECONDS)
     except (StoreUnavailable, TimeoutError):
+        report["degraded"] = True
+        report["mode"] = "local_share" if policy.outage_share else "fail_closed"
+        share = services.budget.local_share()
+        if share is not None:
+            report["local_share"] = {
+                "per_window": share.share,
+                "fleet_size": share.fleet,
+                "granted": share.usage.used,
+                "cooldown_seconds": math.ceil(share.usage.cooldown),
+            }
+            _by_caller(services, share.usage, report)
         return report
     report["used"] = usage.used
     report["remaining"] = max(0, policy.limit - usage.used)
     services.metrics.history.budget_use(usage.used, policy.limit)
     report["cooldown_seconds"] = math.ceil(usage.cooldown)
+    _by_caller(services, usage, report)
     return report
+
+
+def budget_reason(budget: dict[str, Any]) -> str | None:
+    """Why the budget degrades health, if it does."""
+    if budget["mode"] == "fail_closed":
+        return "budget: no permits while the store is unreachable (fail_closed)"
+    if budget["degraded"]:
+        share = budget.get("local_share")
+        per_window = f"{share['per_window']} per window" if share else "its share"
+        return f"budget: this instance grants alone from {per_window}"
+    return None
 
 
 async def fleet_report(services: Services) -> dict[str, Any] | None:
@@ -144,6 +188,9 @@ async def health_report(services: Services) -> dict[str, Any]:
     )
     clients = {name: client_report(services, name) for name in services.tokens.clients}
     status, reasons = overall(store_ok, clients, details=details)
+    if (reason := budget_reason(budget)) is not None:
+        reasons.append(reason)
+        status = "degraded" if status == "ok" else status
     upstream = upstream_state(clients)
     for report in clients.values():
         del report["_degraded"], report["_servable"]

@@ -29,6 +29,13 @@ async def update_state_gauges(services: Services) -> None:
     if budget["used"] is not None:
         metrics.budget_used.set(budget["used"])
         metrics.budget_cooldown.set(budget["cooldown_seconds"])
+    for name, row in budget["callers"].items():
+        metrics.budget_caller_granted.labels(metrics.caller_label(name)).set(row["granted"])
+        metrics.budget_caller_waiting.labels(metrics.caller_label(name)).set(row["waiting"])
+    metrics.budget_token_granted.set(budget["token_requests"]["granted"])
+    metrics.budget_token_waiting.set(budget["token_requests"]["waiting"])
+    share = budget.get("local_share")
+    metrics.budget_local_share.set(share["per_window"] if share else 0)
     if fleet is not None:
         metrics.fleet_instances.set(fleet["count"])
 

@@ -54,6 +54,7 @@ async def proxy(
             request.scope.get("query_string", b"").decode("latin-1"),
             forwarded_request_headers(request.headers.items()),
             body,
+            caller=caller.name,
         )
     except BaseException:
         body.close()

@@ -1,26 +1,23 @@
-"""What the budget core needs from outside: the shared counter, and the events it emits."""
+"""What the budget core needs from outside: the shared window, the fleet size, its events."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
-from app.budget.model import Reservation, Usage, Window
+from app.budget.model import Answer, PermitRequest, Usage, Window
 
 
 class BudgetStore(Protocol):
-    """The fleet's sliding window of upstream permits, decided on the store's clock."""
+    """The fleet's sliding window of upstream permits and its fair queue, on the store's clock."""
 
-    async def reserve(self, window: Window, max_wait: float, permit_id: str) -> Reservation:
-        """Reserve the earliest permit; granted only if it comes within `max_wait` seconds."""
+    async def ask(self, window: Window, request: PermitRequest, max_wait: float) -> Answer:
+        """Grant `request` now, or queue it (same id: it keeps its place) and say when to ask
+        again, or deny it when its permit would come after `max_wait` seconds."""
         ...
 
-    async def confirm(self, permit_id: str) -> float:
-        """When a reserved slot arrives: 0 if the permit stands, else the cooldown left (the
-        permit is withdrawn because the upstream asked the fleet to pause meanwhile)."""
-        ...
-
-    async def withdraw(self, permit_id: str) -> None:
-        """Give back a reserved permit not yet used (removing one only lowers counts)."""
+    async def leave(self, request_id: str) -> None:
+        """Take a queued request out (its caller went away)."""
         ...
 
     async def cool_down(self, seconds: float) -> float:
@@ -28,8 +25,12 @@ class BudgetStore(Protocol):
         ...
 
     async def usage(self, window: Window) -> Usage:
-        """The window's current use, for /health."""
+        """The window's current use and the requests waiting, for /health and /metrics."""
         ...
+
+
+FleetSize = Callable[[], int | None]
+"""How many broker instances this one last saw alive (None: it has not seen the fleet yet)."""
 
 
 class BudgetEvents:
@@ -49,6 +50,9 @@ class BudgetEvents:
 
     def store_error(self) -> None:
         """The budget store could not be reached."""
+
+    def local_share(self, active: bool, share: int) -> None:
+        """This instance began (`active`) or stopped granting from its own share per window."""
 
 
 NO_EVENTS = BudgetEvents()

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -45,12 +46,50 @@ class InstanceRegistry(Protocol):
         ...
 
 
+class FleetView:
+    """The fleet size this instance last saw (the budget's outage share divides by it).
+
+    Conservative on purpose: the largest count seen within the heartbeat TTL (an instance that
+    died moments ago may still be granting), and, until this instance has watched the fleet for
+    a whole TTL (instances started together see each other only at their next beat), never
+    below `expected`.
+    """
+
+    def __init__(self, expected: int = 1, clock: Callable[[], float] = time.monotonic) -> None:
+        self._expected = expected
+        self._clock = clock
+        self._started = clock()
+        self._seen: list[tuple[float, int]] = []  # (when, how many)
+
+    def seen(self, alive: list[InstanceInfo]) -> None:
+        """Record a fresh list of live instances (never fewer than this one)."""
+        now = self._clock()
+        self._seen = [(t, n) for t, n in self._seen if now - t <= HEARTBEAT_TTL_SECONDS]
+        self._seen.append((now, max(1, len(alive))))
+
+    def last_size(self) -> int | None:
+        """The size to divide by; None before the first look."""
+        if not self._seen:
+            return None
+        size = max(n for _, n in self._seen)
+        if self._clock() - self._started < HEARTBEAT_TTL_SECONDS:
+            size = max(size, self._expected)
+        return size
+
+
 async def heartbeat_once(
-    store: InstanceRegistry, instance: str, version: str, ttl: float = HEARTBEAT_TTL_SECONDS
+    store: InstanceRegistry,
+    instance: str,
+    version: str,
+    ttl: float = HEARTBEAT_TTL_SECONDS,
+    view: FleetView | None = None,
 ) -> bool:
-    """One heartbeat, bounded in time; False (logged at debug) when the store did not take it."""
+    """One heartbeat (and, with a `view`, a look at the fleet), bounded in time; False (logged
+    at debug) when the store did not take it."""
     try:
         await asyncio.wait_for(store.heartbeat(instance, version, ttl), HEARTBEAT_TIMEOUT_SECONDS)
+        if view is not None:
+            view.seen(await asyncio.wait_for(store.instances(), HEARTBEAT_TIMEOUT_SECONDS))
     except (StoreUnavailable, TimeoutError) as exc:
         log_event(log, logging.DEBUG, "fleet.heartbeat_failed", error=type(exc).__name__)
         return False
@@ -62,19 +101,24 @@ async def heartbeat_forever(
     instance: str,
     version: str,
     interval: float = HEARTBEAT_INTERVAL_SECONDS,
+    view: FleetView | None = None,
 ) -> None:
     """Heartbeat every `interval` seconds of real time (not the injectable clock: a test clock
     that advances on sleep would spin this loop) until cancelled."""
     while True:
-        await heartbeat_once(store, instance, version, max(HEARTBEAT_TTL_SECONDS, 3 * interval))
+        ttl = max(HEARTBEAT_TTL_SECONDS, 3 * interval)
+        await heartbeat_once(store, instance, version, ttl, view)
         await asyncio.sleep(interval)
 
 
 @asynccontextmanager
-async def heartbeating(store: InstanceRegistry, instance: str, version: str) -> AsyncIterator[None]:
-    """Announce this instance at once (so /health lists it from the start), then keep beating."""
-    await heartbeat_once(store, instance, version)
-    task = asyncio.create_task(heartbeat_forever(store, instance, version))
+async def heartbeating(
+    store: InstanceRegistry, instance: str, version: str, view: FleetView | None = None
+) -> AsyncIterator[None]:
+    """Announce this instance at once (so /health lists it from the start), then keep beating;
+    `view` follows the fleet's size."""
+    await heartbeat_once(store, instance, version, view=view)
+    task = asyncio.create_task(heartbeat_forever(store, instance, version, view=view))
     try:
         yield
     finally:

@@ -40,6 +40,7 @@ from app.tokens.model import Token
 from app.tokens.ports import TokenEvents
 
 log = logging.getLogger("app.tokens")  # the core's events are logged under its name
+budget_log = logging.getLogger("app.budget")
 
 PREFIX = "token_broker"
 OTHER = "other"
@@ -258,6 +259,35 @@ class BrokerMetrics:
         self.budget_cooldown = Gauge(
             f"{PREFIX}_budget_cooldown_seconds", "Seconds left in the fleet's pause.", registry=r
         )
+        self.budget_caller_granted = Gauge(
+            f"{PREFIX}_budget_caller_granted",
+            "Permits granted in the current window, fleet-wide, per caller (this instance's "
+            "own while it grants alone).",
+            ["caller"],
+            registry=r,
+        )
+        self.budget_caller_waiting = Gauge(
+            f"{PREFIX}_budget_caller_waiting",
+            "Permit requests waiting, fleet-wide, per caller.",
+            ["caller"],
+            registry=r,
+        )
+        self.budget_token_granted = Gauge(
+            f"{PREFIX}_budget_token_requests_granted",
+            "Permits granted to the broker's own token requests in the current window.",
+            registry=r,
+        )
+        self.budget_token_waiting = Gauge(
+            f"{PREFIX}_budget_token_requests_waiting",
+            "The broker's own token requests waiting for a permit.",
+            registry=r,
+        )
+        self.budget_local_share = Gauge(
+            f"{PREFIX}_budget_local_share",
+            "Permits per window this instance grants alone while the store is unreachable "
+            "(0 while the shared window decides).",
+            registry=r,
+        )
         self.fleet_instances = Gauge(
             f"{PREFIX}_fleet_instances", "Broker instances heartbeating into the store.", registry=r
         )
@@ -390,6 +420,13 @@ class BudgetMetrics(BudgetEvents):
         self._m.budget_cooldowns.inc()
         message = f"the upstream asked the fleet to pause for {seconds:.0f} s"
         self._m.errors.add("budget", None, "rate_limited", message)
+
+    def local_share(self, active: bool, share: int) -> None:
+        """See `BudgetEvents.local_share`: logged, the gauge is set at scrape time."""
+        if active:
+            log_event(budget_log, logging.WARNING, "budget.local_share", per_window=share)
+        else:
+            log_event(budget_log, logging.INFO, "budget.shared_again")
 
     def store_error(self) -> None:
         """See `BudgetEvents.store_error`."""

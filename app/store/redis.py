@@ -10,14 +10,23 @@ credentials has keys of its own:
     P:v2:{client.FP}:forced  string present while a forced refresh is too recent
     P:v2:{client.FP}:lock    string refresh lock owner; SET NX PX, compare-and-delete release
     P:v2:changes             pub/sub channel, messages "client.FP kind digest"
-    P:v1:{budget}:grants     zset   permit id -> slot (ms of Redis time); the fleet's sliding window
+    P:v1:{budget}:grants     zset   "caller permit-id" -> grant time (ms of Redis time); the
+                                    fleet's sliding window
     P:v1:{budget}:cooldown   string present until the upstream's reported reset (or a failover
                                     fence) has passed
     P:v1:{budget}:epoch      string run_id of the Redis process that counts the window
+    P:v1:{budget}:tq         zset   waiting token requests -> arrival number
+    P:v1:{budget}:aq         zset   waiting API permit requests -> virtual finish tag
+    P:v1:{budget}:leases     zset   waiting request -> ms at which it is dropped unless asked again
+    P:v1:{budget}:waiters    hash   waiting request -> "t caller" / "a caller"
+    P:v1:{budget}:fair       hash   v (virtual time), seq, pace, tag:CALLER, n:CALLER (while any
+                                    waits)
     P:v1:instances           zset   "INSTANCE VERSION" -> Redis ms at which its heartbeat lapses
 
-The budget and instance keys keep their v1 names: their layout did not change, and a budget
-window must never be split between two schema versions during a rolling upgrade.
+The budget and instance keys keep their v1 names: a budget window must never be split between
+two schema versions during a rolling upgrade. The fair queue (issue 18) only added keys and
+names its grants "caller permit-id": instances of either version count every grant in the one
+window, so the limit holds across the upgrade (the fair order only among the new ones).
 
 Nothing read from Redis is trusted: an entry that does not decrypt, parse or pass the checks of
 `ClientSealer.open` is treated as missing, logged as `token.cache_entry_rejected` (never its
@@ -27,7 +36,7 @@ Every redis-py exception is translated into `StoreUnavailable` here. The topolog
 Sentinel, Cluster) is `app.store.redis_topology`'s business.
 
 After a failover (Sentinel or Cluster) the new primary may lack the last writes the old one
-acknowledged (replication is asynchronous). The budget is fenced: `budget_reserve` records the
+acknowledged (replication is asynchronous). The budget is fenced: `budget_ask` records the
 run_id of the Redis process that counts the window and, when another process answers, grants
 nothing for one window + `failover_grace`. A lost lock costs one extra upstream request and
 `save` never stores an earlier-expiring token. The reasoning, and why not `WAIT`, is in
@@ -47,7 +56,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.asyncio.client import PubSub
 
-from app.budget.model import Reservation, Usage, Window
+from app.budget.model import (
+    LEASE_GRACE_SECONDS,
+    SNAPSHOT_MAX_GRANTS,
+    Answer,
+    Outcome,
+    PermitRequest,
+    Snapshot,
+    Usage,
+    Window,
+)
 from app.clock import SYSTEM_CLOCK, Clock
 from app.errors import StoreUnavailable
 from app.observability.fleet import InstanceInfo
@@ -96,8 +114,8 @@ _SCRIPTS = (
     "time",
     "acquire",
     "release",
-    "budget_reserve",
-    "budget_confirm",
+    "budget_ask",
+    "budget_leave",
     "budget_cooldown",
     "budget_usage",
     "heartbeat",
@@ -107,6 +125,8 @@ _RESUBSCRIBE_FIRST_SECONDS = 0.1
 _RESUBSCRIBE_MAX_SECONDS = 5.0
 SUBSCRIBE_WAIT_SECONDS = 2.0
 T = TypeVar("T")
+USAGE_MAX_ATTRIBUTED = 10_000  # grants and waiters attributed to callers per /health
+_OUTCOMES = {1: Outcome.GRANTED, 0: Outcome.WAITING, -1: Outcome.DENIED}
 
 RejectListener = Callable[[str, str], None]
 """Called with (client, reason) for every cache entry this instance rejected."""
@@ -153,6 +173,13 @@ class KeySchema:
     def budget_epoch(self) -> str:
         """The run_id of the Redis process that counts the window; in the budget's slot."""
         return f"{self.base}:{{budget}}:epoch"
+
+    @property
+    def budget_queue(self) -> list[str]:
+        """The fair queue's keys: token queue, API queue, leases, waiters, state."""
+        return [
+            f"{self.base}:{{budget}}:{kind}" for kind in ("tq", "aq", "leases", "waiters", "fair")
+        ]
 
 
 @asynccontextmanager
@@ -404,23 +431,30 @@ class RedisStore:
 
     # -- budget -------------------------------------------------------------------------------
 
-    async def reserve(self, window: Window, max_wait: float, permit_id: str) -> Reservation:
-        """One script call decides the permit on Redis time, behind the failover fence."""
+    async def ask(self, window: Window, request: PermitRequest, max_wait: float) -> Answer:
+        """One script call decides on Redis time, behind the failover fence (see budget_ask.lua)."""
         now = self._clock.monotonic()
         expected = self._epoch if now - self._epoch_seen_at < window.seconds else ""
         raw = await self._run(
-            "budget_reserve",
-            [*self.keys.budget, self.keys.budget_epoch],
+            "budget_ask",
+            [*self.keys.budget, self.keys.budget_epoch, *self.keys.budget_queue],
             [
                 window.limit,
                 _ms(window.seconds),
+                window.reserve,
                 _ms(max_wait),
-                permit_id,
+                request.id,
+                request.caller,
+                request.cost,
+                "1" if request.token else "0",
                 _ms(window.seconds + self.failover_grace),
                 expected,
+                _ms(request.fence),
+                SNAPSHOT_MAX_GRANTS if request.snapshot else 0,
+                _ms(LEASE_GRACE_SECONDS),
             ],
         )
-        granted, delay, remaining, reset = (int(x) for x in raw[:4])
+        outcome, delay, remaining, reset = (int(x) for x in raw[:4])
         self._epoch, self._epoch_seen_at = str(raw[4]), now
         if int(raw[5]) == 1:
             log_event(
@@ -429,18 +463,14 @@ class RedisStore:
                 "budget.failover_fence",
                 seconds=round(window.seconds + self.failover_grace, 3),
             )
-        return Reservation(granted == 1, delay / 1000, remaining, reset / 1000, permit_id)
+        snapshot = None
+        if len(raw) > 6 and int(raw[6]) == 1:
+            snapshot = Snapshot(tuple(int(age) / 1000 for age in raw[7:]))
+        return Answer(_OUTCOMES[outcome], delay / 1000, remaining, reset / 1000, snapshot)
 
-    async def confirm(self, permit_id: str) -> float:
-        """Withdrawn (seconds of cooldown left, > 0) if a cooldown began after the reservation
-        or a failover lost it."""
-        raw = await self._run("budget_confirm", self.keys.budget, [permit_id])
-        return 0.0 if int(raw[0]) == 1 else max(0.001, int(raw[1]) / 1000)
-
-    async def withdraw(self, permit_id: str) -> None:
-        """ZREM the unused reservation."""
-        async with translated("withdraw"):
-            await self.redis.zrem(self.keys.budget[0], permit_id)
+    async def leave(self, request_id: str) -> None:
+        """Take the request out of the fair queue."""
+        await self._run("budget_leave", self.keys.budget_queue, [request_id])
 
     async def cool_down(self, seconds: float) -> float:
         """Extend the cooldown to at least `seconds` (a positive time is at least 1 ms: PX 0 is
@@ -453,9 +483,14 @@ class RedisStore:
         return int(raw) / 1000
 
     async def usage(self, window: Window) -> Usage:
-        """Grants in the window and the cooldown left, on Redis time."""
-        raw = await self._run("budget_usage", self.keys.budget, [_ms(window.seconds)])
-        return Usage(int(raw[0]), int(raw[1]) / 1000)
+        """Grants in the window and waiters, per caller, and the cooldown left, on Redis time."""
+        leases, waiters = self.keys.budget_queue[2:4]
+        raw = await self._run(
+            "budget_usage",
+            [*self.keys.budget, leases, waiters],
+            [_ms(window.seconds), USAGE_MAX_ATTRIBUTED],
+        )
+        return Usage(int(raw[0]), int(raw[1]) / 1000, _counts(raw[2]), _counts(raw[3]))
 
     # -- fleet view ---------------------------------------------------------------------------
 
@@ -510,6 +545,10 @@ class RedisStore:
         change = TokenChange(client, change.kind, change.digest)
         for listener in self._listeners:
             listener(change)
+
+
+def _counts(flat: list[Any]) -> dict[str, int]:
+    return {str(name): int(count) for name, count in zip(flat[::2], flat[1::2], strict=True)}
 
 
 def _ms(seconds: float) -> int:

@@ -20,6 +20,7 @@ from urllib.parse import unquote
 
 import httpx
 
+from app.budget.model import ANONYMOUS
 from app.budget.service import BudgetService
 from app.config import ClientSettings, ProxySettings
 from app.errors import (
@@ -167,13 +168,16 @@ class UpstreamProxy:
         query: str,
         headers: list[tuple[str, str]],
         body: SpooledBody,
+        *,
+        caller: str = ANONYMOUS,
     ) -> httpx.Response:
-        """The upstream's response, opened for streaming (the caller must close it)."""
+        """The upstream's response, opened for streaming (the caller must close it); the permits
+        count against `caller`'s fair share."""
         url = f"{self._clients[client].api_base_url.rstrip('/')}/{path}"
         if query:
             url = f"{url}?{query}"
         token = await self._tokens.get(client)
-        response = await self._send(client, method, url, headers, body, token)
+        response = await self._send(client, caller, method, url, headers, body, token)
         if response.status_code != 401:
             return response
         try:
@@ -186,18 +190,19 @@ class UpstreamProxy:
         if fresh.access_token == token.access_token:
             return response
         await response.aclose()
-        return await self._send(client, method, url, headers, body, fresh)
+        return await self._send(client, caller, method, url, headers, body, fresh)
 
     async def _send(
         self,
         client: str,
+        caller: str,
         method: str,
         url: str,
         headers: list[tuple[str, str]],
         body: SpooledBody,
         token: Token,
     ) -> httpx.Response:
-        await self._budget.acquire(client, self._settings.budget_wait_seconds)
+        await self._budget.acquire(client, self._settings.budget_wait_seconds, caller=caller)
         outgoing = [*headers, ("Authorization", f"Bearer {token.access_token}")]
         content = body.stream() if body.size else None
         if body.size:

@@ -24,7 +24,7 @@ from limits import RateLimitItemPerSecond
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter, RateLimiter
 
-from tests.benchmarks import procs
+from tests.benchmarks import fairness, procs
 from tests.benchmarks.report import Section, percentile, worst_window
 from tests.benchmarks.wrk import run_wrk
 
@@ -157,8 +157,15 @@ async def _limits_latency(redis_url: str, plan: BudgetPlan, prefix: str) -> dict
     return latencies
 
 
-def measure(plan: BudgetPlan, redis_url: str, directory: Path, prefix: str) -> Section:
-    """Run the three limiters on the same pattern, then their acquire latency."""
+def measure(
+    plan: BudgetPlan,
+    redis_url: str,
+    directory: Path,
+    prefix: str,
+    fairness_plan: fairness.FairnessPlan | None = None,
+) -> Section:
+    """Run the three limiters on the same pattern, then their acquire latency; with a
+    `fairness_plan`, the fairness, outage and throughput-ratio rows (`fairness.py`)."""
     budget = {
         "limit": plan.limit,
         "window_seconds": plan.window,
@@ -191,7 +198,7 @@ def measure(plan: BudgetPlan, redis_url: str, directory: Path, prefix: str) -> S
         },
     }
     names = {
-        "broker": "broker `POST /budget/acquire?wait=` (sliding log, reservations)",
+        "broker": "broker `POST /budget/acquire?wait=` (sliding log, fair queue)",
         "moving": "`limits` moving window, polled",
         "fixed": "fixed-window counter (`limits`), polled",
     }
@@ -219,6 +226,21 @@ def measure(plan: BudgetPlan, redis_url: str, directory: Path, prefix: str) -> S
                 f"{p50:.2f} / {p99:.2f}",
             ]
         )
+    if fairness_plan is not None:
+        blank = ["", "", ""]
+        for row in fairness.fairness(fairness_plan, redis_url, directory, f"{prefix}f"):
+            section.rows.append(
+                ["fairness: light (1 at a time) vs heavy (16 waiting)", row, *blank]
+            )
+        section.rows.append(
+            [
+                "outage: 3 brokers, Redis killed",
+                fairness.outage(fairness_plan, directory, f"{prefix}o"),
+                *blank,
+            ]
+        )
+        ratio = fairness.throughput(fairness_plan, redis_url, directory, f"{prefix}t")
+        section.rows.append(["acquire throughput vs baseline", ratio, *blank])
     section.notes.append(
         f"Worst window: most grants received in any closed {plan.window:g}-second interval "
         "(receipt times at the callers, which is what an upstream counting arrivals sees). "
@@ -232,4 +254,13 @@ def measure(plan: BudgetPlan, redis_url: str, directory: Path, prefix: str) -> S
         f"{plan.latency_seconds:g} s; the broker's is an HTTP request (authentication "
         "included) measured by wrk, `limits`' an in-process call through redis-py."
     )
+    if fairness_plan is not None:
+        section.notes.append(
+            "Fairness: 2 brokers, limit 10 per 5 s; the light caller asks one permit at a time "
+            "on one broker, the heavy one keeps 16 requests waiting over both; grants counted "
+            "after the first window. Outage: 3 brokers, limit 12 per 3 s (+0.5 s margin), 12 "
+            "callers; Redis killed, then restarted empty; worst window of receipt times. "
+            "Throughput: `POST /budget/acquire` with budget to spare, 8 wrk connections, this "
+            "version and the baseline alternated, median requests per second."
+        )
     return section

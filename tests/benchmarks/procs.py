@@ -143,13 +143,15 @@ def broker_config(
 
 @contextmanager
 def brokers(
-    config: dict[str, Any], directory: Path, count: int = 1
+    config: dict[str, Any], directory: Path, count: int = 1, cwd: Path | None = None
 ) -> Iterator[list[BrokerProcess]]:
-    """`count` broker processes (`token-broker serve`) with `config`, stopped afterwards."""
+    """`count` broker processes (`token-broker serve`) with `config`, stopped afterwards; `cwd`
+    runs another version's `app/` (see `spawn_broker`)."""
     with ExitStack() as stack:
         started = []
         for i in range(count):
-            broker = spawn_broker(config, directory, f"broker-{config['store']['key_prefix']}-{i}")
+            name = f"broker-{config['store']['key_prefix']}-{i}"
+            broker = spawn_broker(config, directory, name, cwd)
             stack.callback(broker.stop)
             started.append(broker)
         for broker in started:

@@ -21,7 +21,16 @@ from pathlib import Path
 
 import httpx
 
-from tests.benchmarks import budget, encryption, fleet, memory, procs, rotation, throughput
+from tests.benchmarks import (
+    budget,
+    encryption,
+    fairness,
+    fleet,
+    memory,
+    procs,
+    rotation,
+    throughput,
+)
 from tests.benchmarks.report import Section
 from tests.support.redis import RedisServer
 
@@ -75,6 +84,11 @@ def plans(quick: bool) -> dict[str, Callable[[RedisServer, Path], Section]]:
     fl = fleet.FleetPlan(seconds=12) if quick else fleet.FleetPlan()
     ro = rotation.RotationPlan(seconds=20) if quick else rotation.RotationPlan()
     bu = budget.BudgetPlan(seconds=8, latency_seconds=1) if quick else budget.BudgetPlan()
+    fa = (
+        fairness.FairnessPlan(fairness_seconds=15, outage_seconds=6, throughput_rounds=1)
+        if quick
+        else fairness.FairnessPlan()
+    )
     me = memory.MemoryPlan(load_seconds=20) if quick else memory.MemoryPlan()
     en = (
         encryption.EncryptionPlan(warm_seconds=1, cold_fetches=20, store_round_trips=100)
@@ -85,7 +99,7 @@ def plans(quick: bool) -> dict[str, Callable[[RedisServer, Path], Section]]:
         "throughput": lambda redis, work: run_throughput(redis, work, tp),
         "fleet": lambda redis, work: fleet.measure(fl, redis.url, work, prefix("fl")),
         "rotation": lambda redis, work: rotation.measure(ro, redis.url, work, prefix("ro")),
-        "budget": lambda redis, work: budget.measure(bu, redis.url, work, prefix("bu")),
+        "budget": lambda redis, work: budget.measure(bu, redis.url, work, prefix("bu"), fa),
         "memory": lambda redis, work: memory.measure(me, redis.url, work, prefix("me")),
         "encryption": lambda redis, work: encryption.measure(en, redis.url, work, prefix("en")),
     }

@@ -157,11 +157,16 @@ async def test_token_requests_take_permits_when_counted(
     assert health["budget"]["used"] == 1
 
 
-async def test_redis_down_fails_closed_by_default(
+async def test_redis_down_fails_closed_when_configured(
     emulator: Emulator, own_redis: RedisServer, tmp_path: Path
 ) -> None:
-    """With Redis unreachable the budget answers 503 store_unavailable, never a blind grant."""
-    config = broker_config(emulator, {"redis_url": own_redis.url, "key_prefix": "closed"})
+    """With `on_store_unavailable = "fail_closed"` and Redis unreachable the budget answers 503
+    store_unavailable, never a blind grant (the default grants from the local share)."""
+    config = broker_config(
+        emulator,
+        {"redis_url": own_redis.url, "key_prefix": "closed"},
+        budget={"on_store_unavailable": "fail_closed"},
+    )
     with fleet(config, tmp_path, size=1) as (broker,):
         own_redis.stop()
         async with httpx.AsyncClient(base_url=broker.url, timeout=10) as http:

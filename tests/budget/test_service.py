@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from app.budget.model import BudgetPolicy, Reservation, Usage, Window
+from app.budget.model import Answer, BudgetPolicy, PermitRequest, Usage, Window
 from app.budget.ports import BudgetEvents
 from app.budget.service import BudgetService, cooldown_from_report
 from app.errors import BudgetExhausted, StoreUnavailable
@@ -21,28 +21,36 @@ POLICY = BudgetPolicy(limit=3, window_seconds=60.0, max_wait_seconds=30.0)
 SLOT_EPSILON = 0.001  # the store spaces a slot 1 ms past the window, as the Lua scripts do
 
 
-class BrokenBudget:
-    """A shared budget store that is unreachable: every operation raises StoreUnavailable."""
+@dataclass
+class SwitchableBudget:
+    """A shared budget store (the memory one) that a test can make unreachable."""
 
-    async def reserve(self, window: Window, max_wait: float, permit_id: str) -> Reservation:
-        """Unreachable."""
-        raise StoreUnavailable("the store is down (test)")
+    inner: MemoryBudget
+    down: bool = False
 
-    async def confirm(self, permit_id: str) -> float:
-        """Unreachable."""
-        raise StoreUnavailable("the store is down (test)")
+    def _check(self) -> None:
+        if self.down:
+            raise StoreUnavailable("the store is down (test)")
 
-    async def withdraw(self, permit_id: str) -> None:
-        """Unreachable."""
-        raise StoreUnavailable("the store is down (test)")
+    async def ask(self, window: Window, request: PermitRequest, max_wait: float) -> Answer:
+        """The inner store's answer, unless down."""
+        self._check()
+        return await self.inner.ask(window, request, max_wait)
+
+    async def leave(self, request_id: str) -> None:
+        """The inner store's, unless down."""
+        self._check()
+        await self.inner.leave(request_id)
 
     async def cool_down(self, seconds: float) -> float:
-        """Unreachable."""
-        raise StoreUnavailable("the store is down (test)")
+        """The inner store's, unless down."""
+        self._check()
+        return await self.inner.cool_down(seconds)
 
     async def usage(self, window: Window) -> Usage:
-        """Unreachable."""
-        raise StoreUnavailable("the store is down (test)")
+        """The inner store's, unless down."""
+        self._check()
+        return await self.inner.usage(window)
 
 
 @dataclass
@@ -84,25 +92,25 @@ class Budget:
 
     clock: FakeClock
     store: MemoryBudget
+    shared: SwitchableBudget
     events: RecordingEvents
     service: BudgetService
 
 
 def build(
-    policy: BudgetPolicy = POLICY, clock: FakeClock | None = None, *, shared_down: bool = False
+    policy: BudgetPolicy = POLICY,
+    clock: FakeClock | None = None,
+    *,
+    shared_down: bool = False,
+    fleet: int | None = None,
 ) -> Budget:
-    """A service over a memory budget (or a broken one), with a local memory budget."""
+    """A service over a memory budget that can be made unreachable, seeing `fleet` instances."""
     clock = clock or FakeClock()
     store = MemoryBudget(clock=clock)
+    shared = SwitchableBudget(store, down=shared_down)
     events = RecordingEvents()
-    service = BudgetService(
-        policy,
-        BrokenBudget() if shared_down else store,
-        local=MemoryBudget(clock=clock),
-        clock=clock,
-        events=events,
-    )
-    return Budget(clock, store, events, service)
+    service = BudgetService(policy, shared, clock=clock, events=events, fleet_size=lambda: fleet)
+    return Budget(clock, store, shared, events, service)
 
 
 async def test_grants_permits_up_to_the_limit_with_the_rate_limit_figures() -> None:
@@ -230,46 +238,48 @@ async def test_a_waiter_that_goes_away_gives_its_slot_back() -> None:
 
 
 async def test_the_local_share_grants_while_the_shared_store_is_unreachable() -> None:
-    """With the shared store down, permits come from this instance's share of the limit."""
-    budget = build(BudgetPolicy(limit=10, window_seconds=60.0, local_share=2), shared_down=True)
+    """With the shared store down, permits come from this instance's share of the limit
+    (limit 10 over a fleet of 5: 2 per window), once the grants it last saw have left."""
+    budget = build(BudgetPolicy(limit=10, window_seconds=60.0), fleet=5)
+    await budget.service.acquire(CLIENT, 0)  # the shared window, seen with one grant
+    budget.shared.down = True
+    with pytest.raises(BudgetExhausted):  # others may have filled the window meanwhile
+        await budget.service.acquire(CLIENT, 0)
+    budget.clock.advance(61.0 + SLOT_EPSILON)
     grants = [await budget.service.acquire(CLIENT, 0) for _ in range(2)]
     assert [(g.limit, g.remaining) for g in grants] == [(2, 1), (2, 0)]
     with pytest.raises(BudgetExhausted) as raised:
         await budget.service.acquire(CLIENT, 0)
     assert raised.value.limit == 2
-    assert len(budget.events.named("store_error")) == 3
+    assert len(budget.events.named("store_error")) == 2  # asked again once the retry pause passed
 
 
-@pytest.mark.parametrize("without", ["local_store", "local_share"])
-async def test_without_a_local_share_the_budget_fails_closed(without: str) -> None:
-    """With the shared store down and no local store or no local share, acquire raises
+async def test_without_a_local_share_the_budget_fails_closed() -> None:
+    """With the shared store down and the outage share switched off, acquire raises
     StoreUnavailable instead of granting."""
-    clock = FakeClock()
-    share = None if without == "local_share" else 2
-    service = BudgetService(
-        BudgetPolicy(limit=10, local_share=share),
-        BrokenBudget(),
-        local=None if without == "local_store" else MemoryBudget(clock=clock),
-        clock=clock,
-    )
+    budget = build(BudgetPolicy(limit=10, outage_share=False), shared_down=True, fleet=2)
     with pytest.raises(StoreUnavailable):
-        await service.acquire(CLIENT, 0)
+        await budget.service.acquire(CLIENT, 0)
 
 
 async def test_a_report_while_the_shared_store_is_down_pauses_the_local_share() -> None:
     """A 429 reported while the shared store is unreachable still pauses the local grants, and
     the report itself fails with StoreUnavailable."""
-    budget = build(BudgetPolicy(limit=10, local_share=2), shared_down=True)
+    budget = build(BudgetPolicy(limit=10, window_seconds=20.0), shared_down=True, fleet=5)
+    budget.clock.advance(0.0)
     with pytest.raises(StoreUnavailable):
         await budget.service.report(429, {"Retry-After": "30"})
+    budget.clock.advance(21.0 + SLOT_EPSILON)  # the window it never saw has passed
     with pytest.raises(BudgetExhausted) as raised:
         await budget.service.acquire(CLIENT, 0)
-    assert raised.value.retry_after == pytest.approx(30.0)
+    assert raised.value.retry_after == pytest.approx(30.0 - 21.0 - SLOT_EPSILON)
 
 
 async def test_a_local_share_of_zero_grants_nothing_while_the_store_is_down() -> None:
-    """A policy whose local share is 0 grants no permit while the shared store is unreachable."""
-    budget = build(BudgetPolicy(limit=10, local_share=0), shared_down=True)
+    """A fleet larger than the limit (a share of 0) grants no permit while the shared store is
+    unreachable, not even after a window."""
+    budget = build(BudgetPolicy(limit=10), shared_down=True, fleet=11)
+    budget.clock.advance(100.0)
     try:
         grant = await budget.service.acquire(CLIENT, 0)
     except (BudgetExhausted, StoreUnavailable):

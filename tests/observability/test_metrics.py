@@ -171,9 +171,11 @@ async def test_refresh_lock_wait_and_l2_hit_across_two_instances(
 async def test_store_outage_is_counted_and_shown(
     emulator: Emulator, own_redis: RedisServer
 ) -> None:
-    """With Redis gone, store errors count up, store_up drops to 0 and /health says why."""
+    """With Redis gone (and the budget failing closed), store errors count up, store_up drops
+    to 0 and /health says why."""
     store = {"redis_url": own_redis.url, "key_prefix": f"t{uuid.uuid4().hex[:10]}"}
-    settings = Settings(**broker_config(emulator, store))
+    budget = {"on_store_unavailable": "fail_closed"}
+    settings = Settings(**broker_config(emulator, store, budget=budget))
     async with serve_app(create_app(settings)) as base:
         async with httpx.AsyncClient(base_url=base, timeout=10) as http:
             token = assert_token(await http.get("/token", headers=orders()))["access_token"]

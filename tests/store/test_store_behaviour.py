@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from app.budget.model import Window
+from app.budget.model import Outcome, PermitRequest, Window
 from app.tokens.model import (
     ChangeKind,
     DiscardOutcome,
@@ -311,89 +311,92 @@ async def test_changes_reach_the_subscribers_of_every_instance(backend: Backend)
 # -- the budget -----------------------------------------------------------------------------------
 
 
+def ask(name: str, caller: str = "orders") -> PermitRequest:
+    """An API permit request of `caller` (weight 1)."""
+    return PermitRequest(name, caller, 1000)
+
+
 async def test_permits_are_granted_at_once_up_to_the_limit(backend: Backend) -> None:
     """`limit` permits come at once with the upstream-style remaining/reset; the next one is
     refused with the time until a permit would be free."""
     window = Window(3, SHORT)
-    grants = [await backend.store.reserve(window, 0, f"p{i}") for i in range(3)]
-    assert [(g.granted, g.delay, g.remaining) for g in grants] == [
-        (True, 0, 2),
-        (True, 0, 1),
-        (True, 0, 0),
+    grants = [await backend.store.ask(window, ask(f"p{i}"), 0) for i in range(3)]
+    assert [(g.outcome, g.delay, g.remaining) for g in grants] == [
+        (Outcome.GRANTED, 0, 2),
+        (Outcome.GRANTED, 0, 1),
+        (Outcome.GRANTED, 0, 0),
     ]
-    assert [g.permit_id for g in grants] == ["p0", "p1", "p2"]
     assert all(backend.about(g.reset, SHORT) for g in grants)
-    refused = await backend.peer.reserve(window, 0, "p3")  # one window for the whole fleet
-    assert not refused.granted and refused.remaining == 0
+    refused = await backend.peer.ask(window, ask("p3"), 0)  # one window for the whole fleet
+    assert refused.outcome is Outcome.DENIED and refused.remaining == 0
     assert backend.about(refused.delay, SHORT + 0.001)  # + 1 ms: the window is closed
     assert (await backend.store.usage(window)).used == 3
     await backend.elapse(refused.delay)
-    assert (await backend.store.reserve(window, 0, "p4")).granted
+    assert (await backend.store.ask(window, ask("p4"), 0)).outcome is Outcome.GRANTED
 
 
-async def test_reservations_are_first_come_first_served(backend: Backend) -> None:
-    """Later requests never get an earlier slot than earlier ones; the third of a 2-per-window
-    budget waits until the first has left the window."""
+async def test_queued_requests_of_one_caller_are_served_in_arrival_order(backend: Backend) -> None:
+    """Later requests of one caller are never told an earlier slot than earlier ones; the third
+    of a 2-per-window budget waits until the first has left the window."""
     window = Window(2, SHORT)
     delays, slots = [], []
     for i in range(7):
-        reservation = await backend.store.reserve(window, 10, str(i))
-        delays.append(reservation.delay)
-        # When the caller may use it. A delay counts from the store's own now, which on Redis
+        answer = await backend.store.ask(window, ask(str(i)), 10)
+        delays.append(answer.delay)
+        # When the caller may have it. A delay counts from the store's own now, which on Redis
         # runs on between two calls, so slots are compared rather than delays.
-        slots.append(backend.clock.monotonic() + reservation.delay)
+        slots.append(backend.clock.monotonic() + answer.delay)
     assert all(b >= a - backend.tolerance for a, b in pairwise(slots))
     assert delays[:2] == [0, 0] and slots[2] - slots[0] > SHORT - backend.tolerance
     assert slots[6] - slots[0] > 3 * SHORT - backend.tolerance
 
 
-async def test_a_withdrawn_reservation_frees_its_slot(backend: Backend) -> None:
-    """A waiter that goes away gives its future slot back: the window counts one less and the
-    next waiter gets that slot; withdrawing an unknown permit changes nothing."""
+async def test_a_waiter_that_leaves_frees_its_place(backend: Backend) -> None:
+    """A waiter that goes away leaves the queue (as seen by every instance) and the next
+    request gets its place; leaving with an unknown id changes nothing."""
     window = Window(1, SHORT)
-    assert (await backend.store.reserve(window, 0, "now")).granted
-    later = await backend.store.reserve(window, 10, "later")
-    assert later.granted and later.delay > SHORT - backend.tolerance
-    assert (await backend.store.usage(window)).used == 2  # reserved future slots count
-    await backend.peer.withdraw("later")
-    await backend.peer.withdraw("never-reserved")
-    assert (await backend.store.usage(window)).used == 1
-    again = await backend.store.reserve(window, 10, "again")
-    assert again.granted and backend.about(
-        again.delay, SHORT + 0.001
-    )  # the freed slot, not the one after
+    assert (await backend.store.ask(window, ask("now"), 0)).outcome is Outcome.GRANTED
+    later = await backend.store.ask(window, ask("later"), 10)
+    assert later.outcome is Outcome.WAITING and later.delay > SHORT - backend.tolerance
+    usage = await backend.store.usage(window)
+    assert usage.used == 1 and usage.waiting == {"orders": 1}  # a queued request is no grant
+    await backend.peer.leave("later")
+    await backend.peer.leave("never-queued")
+    assert (await backend.store.usage(window)).waiting == {}
+    again = await backend.store.ask(window, ask("again"), 10)
+    assert again.outcome is Outcome.WAITING
+    assert backend.about(again.delay, SHORT + 0.001)  # the freed place, not the one after
 
 
-async def test_withdrawals_never_let_a_later_request_jump_the_queue(backend: Backend) -> None:
-    """With reservations given back in the middle of the queue, a new request still comes after
-    the latest slot that stands, not in the gap."""
+async def test_departures_never_let_a_later_request_pass_an_earlier_one(backend: Backend) -> None:
+    """With requests leaving in the middle of one caller's queue, a new request of that caller
+    is still told a slot no earlier than the earlier requests still queued."""
     window = Window(2, SHORT)
-    slots = {}
-    for permit in ("a", "b", "c", "d", "e"):
-        reservation = await backend.store.reserve(window, 10, permit)
-        slots[permit] = backend.clock.monotonic() + reservation.delay
-    assert slots["e"] - slots["a"] > 2 * SHORT - backend.tolerance
-    await backend.store.withdraw("c")
-    await backend.store.withdraw("d")
-    late = await backend.store.reserve(window, 10, "f")
-    assert backend.clock.monotonic() + late.delay >= slots["e"] - backend.tolerance
+    for name in ("a", "b", "c", "d", "e"):
+        await backend.store.ask(window, ask(name), 10)
+    await backend.store.leave("c")
+    await backend.store.leave("d")
+    late = await backend.store.ask(window, ask("f"), 10)
+    late_slot = backend.clock.monotonic() + late.delay
+    earlier = await backend.store.ask(window, ask("e"), 10)  # asks again: its place moved up
+    assert backend.clock.monotonic() + earlier.delay <= late_slot + backend.tolerance
+    assert late.outcome is earlier.outcome is Outcome.WAITING
 
 
-async def test_cooldown_voids_reserved_slots_and_delays_new_ones(backend: Backend) -> None:
-    """A reserved slot stands (confirm 0) until a cooldown starts; then confirm withdraws it and
-    returns the cooldown left, and new slots begin after the cooldown."""
+async def test_cooldown_holds_waiters_and_new_requests_until_it_ends(backend: Backend) -> None:
+    """A queued request keeps its place through a cooldown but is granted nothing before it
+    ends: asking again it is told the cooldown left; new requests come after it too."""
     window = Window(1, SHORT)
-    assert (await backend.store.reserve(window, 5, "a")).granted
-    second = await backend.store.reserve(window, 5, "b")
-    assert second.granted and second.delay > SHORT - backend.tolerance
-    assert await backend.store.confirm("b") == 0
+    assert (await backend.store.ask(window, ask("a"), 5)).outcome is Outcome.GRANTED
+    second = await backend.store.ask(window, ask("b"), 5)
+    assert second.outcome is Outcome.WAITING and second.delay > SHORT - backend.tolerance
     assert await backend.peer.cool_down(3.0) == pytest.approx(3.0, abs=0.001)
-    left = await backend.store.confirm("b")
-    assert backend.about(left, 3.0)
-    assert (await backend.store.usage(window)).used == 1  # "b" was withdrawn
-    third = await backend.store.reserve(window, 10, "c")
-    assert third.granted and backend.about(third.delay, 3.0)
-    assert not (await backend.store.reserve(window, 1.0, "d")).granted
+    held = await backend.store.ask(window, ask("b"), 5)
+    assert held.outcome is Outcome.WAITING and backend.about(held.delay, 3.0)
+    assert (await backend.store.usage(window)).used == 1
+    third = await backend.store.ask(window, ask("c"), 10)
+    assert third.outcome is Outcome.WAITING and third.delay >= 3.0 - backend.tolerance
+    assert (await backend.store.ask(window, ask("d"), 1.0)).outcome is Outcome.DENIED
 
 
 async def test_cooldown_extends_but_never_shortens(backend: Backend) -> None:
@@ -405,12 +408,12 @@ async def test_cooldown_extends_but_never_shortens(backend: Backend) -> None:
     assert backend.about(kept, SHORT)
     usage = await backend.store.usage(window)
     assert usage.used == 0 and backend.about(usage.cooldown, SHORT)
-    blocked = await backend.store.reserve(window, 0, "blocked")
-    assert not blocked.granted and backend.about(blocked.delay, SHORT)
+    blocked = await backend.store.ask(window, ask("blocked"), 0)
+    assert blocked.outcome is Outcome.DENIED and backend.about(blocked.delay, SHORT)
     assert await backend.store.cool_down(2 * SHORT) == pytest.approx(2 * SHORT, abs=0.001)
     await backend.elapse(2 * SHORT + 0.01)
     assert (await backend.store.usage(window)).cooldown == 0
-    assert (await backend.store.reserve(window, 0, "after")).granted
+    assert (await backend.store.ask(window, ask("after"), 0)).outcome is Outcome.GRANTED
 
 
 async def test_a_cooldown_of_no_time_changes_nothing(backend: Backend) -> None:
@@ -420,21 +423,23 @@ async def test_a_cooldown_of_no_time_changes_nothing(backend: Backend) -> None:
     assert await backend.store.cool_down(0) == 0
     assert await backend.store.cool_down(0.0004) <= 0.001
     await backend.elapse(0.01)
-    assert (await backend.store.reserve(window, 0, "free")).granted
+    assert (await backend.store.ask(window, ask("free"), 0)).outcome is Outcome.GRANTED
     await backend.store.cool_down(SHORT)
     assert backend.about(await backend.peer.cool_down(0), SHORT)
 
 
 async def test_usage_counts_the_current_window_only(backend: Backend) -> None:
-    """usage() counts the grants of the last window and forgets them once it has passed."""
+    """usage() counts the grants of the last window (per caller) and forgets them once it has
+    passed."""
     window = Window(5, SHORT)
     for i in range(3):
-        assert (await backend.store.reserve(window, 0, f"p{i}")).granted
-    assert (await backend.peer.usage(window)).used == 3
+        assert (await backend.store.ask(window, ask(f"p{i}"), 0)).outcome is Outcome.GRANTED
+    usage = await backend.peer.usage(window)
+    assert usage.used == 3 and usage.granted == {"orders": 3}
     await backend.elapse(SHORT + 0.05)
     assert (await backend.peer.usage(window)).used == 0
-    grant = await backend.store.reserve(window, 0, "fresh")
-    assert grant.granted and grant.remaining == 4
+    grant = await backend.store.ask(window, ask("fresh"), 0)
+    assert grant.outcome is Outcome.GRANTED and grant.remaining == 4
 
 
 # -- the fleet view -------------------------------------------------------------------------------

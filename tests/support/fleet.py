@@ -55,8 +55,11 @@ class BrokerProcess:
         return self.log_path.read_text(errors="replace")
 
 
-def spawn_broker(config: dict[str, Any], directory: Path, name: str) -> BrokerProcess:
-    """Start `token-broker serve` with `config` written as TOML; does not wait for it."""
+def spawn_broker(
+    config: dict[str, Any], directory: Path, name: str, cwd: Path | None = None
+) -> BrokerProcess:
+    """Start `token-broker serve` with `config` written as TOML; does not wait for it. `cwd`: a
+    directory holding another version's `app/` to run instead (a benchmark's baseline)."""
     port = free_port()
     config_path = directory / f"{name}.toml"
     write_toml(config_path, config)
@@ -77,6 +80,7 @@ def spawn_broker(config: dict[str, Any], directory: Path, name: str) -> BrokerPr
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
+            cwd=cwd,
         )
     return BrokerProcess(port, process, log_path)
 
