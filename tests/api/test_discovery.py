@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import warnings
 from pathlib import Path
 from typing import Any
@@ -117,10 +118,12 @@ async def test_authlib_discovers_fetches_and_revokes_over_https(
     issuer, the token from its token_endpoint, and a revocation at its revocation_endpoint."""
     pki = new_pki(tmp_path)
     config = mtls_config(emulator, pki, required=False)
-    config["clients"]["checkout"]["min_forced_refresh_interval_seconds"] = 0  # two revocations
+    config["clients"]["checkout"]["min_forced_refresh_interval_seconds"] = 1  # two revocations
     async with serve_broker(config, with_ops=False) as running:
         base = running.url
-        for issuer in (base, f"{base}/oauth2/checkout"):
+        for round_, issuer in enumerate((base, f"{base}/oauth2/checkout")):
+            if round_:
+                await asyncio.sleep(1.1)  # past the forced-refresh floor of the first revocation
             async with pki.http(base) as http:
                 cached = await cached_token(http)
                 response = await http.get(get_well_known_url(issuer, external=True))
