@@ -69,7 +69,7 @@ async def test_openid_client_and_simple_oauth2(
     ca_file = tmp_path / "broker-ca.pem"
     pki.server_ca.cert_pem.write_to_path(str(ca_file))
     config = mtls_config(emulator, pki, required=False)
-    config["clients"]["checkout"]["min_forced_refresh_interval_seconds"] = 1  # 3 revocations, 1.1 s apart
+    config["clients"]["checkout"]["min_forced_refresh_interval_seconds"] = 1  # the floor
     async with serve_broker(config, with_ops=False) as running:
         report = await run_clients(running.url, ca_file)
         async with pki.http(running.url) as http:
