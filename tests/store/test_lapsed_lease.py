@@ -23,10 +23,12 @@ from tests.support.redis import RedisServer
 LAPSED = "token_broker_refresh_lock_lapsed_total"
 
 
-async def wait_for_key(client: aioredis.Redis, key: str, timeout: float = 5.0) -> None:
-    """Until `key` exists in Redis."""
+async def wait_for_key(client: aioredis.Redis, pattern: str, timeout: float = 5.0) -> str:
+    """The first key matching `pattern` once one exists in Redis."""
     async with asyncio.timeout(timeout):
-        while not await client.exists(key):
+        while True:
+            async for key in client.scan_iter(match=pattern):
+                return str(key)
             await asyncio.sleep(0.01)
 
 
@@ -41,14 +43,15 @@ async def test_a_refresh_that_outlives_its_lease_is_counted_and_spares_the_new_o
     caller still gets the token, refresh_lock_lapsed{client} counts 1, and the release leaves
     the new owner's lock in place."""
     await emulator.configure(token_latency=0.8)
-    lock = f"{store_config['key_prefix']}:v1:{{checkout}}:lock"
+    # Schema v2: the hash tag carries the credentials' fingerprint, {checkout.FP}.
+    pattern = f"{store_config['key_prefix']}:v2:{{checkout.*}}:lock"
     async with (
         broker() as http,
         aioredis.Redis.from_url(redis_server.url, decode_responses=True) as client,
     ):
         assert (await scrape(http)).value(LAPSED, client="checkout") == 0
         request = asyncio.ensure_future(http.get("/token", headers=orders()))
-        await wait_for_key(client, lock)  # the broker holds the lock, the upstream is slow
+        lock = await wait_for_key(client, pattern)  # the broker holds it, the upstream is slow
         await client.pexpire(lock, 1)  # its lease lapses...
         await asyncio.sleep(0.01)
         assert await client.set(lock, "another-instance", nx=True, px=30_000)  # ...and is taken

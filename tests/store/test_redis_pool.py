@@ -93,10 +93,12 @@ async def test_a_command_at_the_bound_waits_for_the_busy_connection(own_redis: R
 async def app_on_one_connection(
     emulator: Emulator, own_redis: RedisServer
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Services]]:
-    """An in-process broker over real HTTP, its store limited to one connection and 0.2 s wait."""
+    """An in-process broker over real HTTP, its store limited to one connection and 0.2 s wait;
+    the budget fails closed, so a store failure reaches the caller instead of the local share."""
     store = {"redis_url": own_redis.url, "key_prefix": "pool", "max_connections": 1}
     store |= {"pool_timeout_seconds": 0.2, "socket_timeout_seconds": 5}
-    app = create_app(Settings(**broker_config(emulator, store)))
+    budget = {"on_store_unavailable": "fail_closed"}
+    app = create_app(Settings(**broker_config(emulator, store, budget=budget)))
     async with serve_app(app) as base, httpx.AsyncClient(base_url=base, timeout=10) as http:
         yield http, app.state.services
 
