@@ -538,9 +538,6 @@ async def test_redis_script_keeps_the_invariant_under_concurrent_instances(
     assert elapsed >= (60 / 5 - 1) * 0.5  # 12 windows' worth, none skipped
 
 
-WAIT = 1800.0  # every ask of the test fits: they wait for each other, none is refused
-
-
 @settings(max_examples=25, deadline=None)
 @given(
     asks=st.lists(
@@ -555,10 +552,7 @@ def test_the_lua_script_orders_waiters_like_the_in_process_budget(
     """With the window full, the same asks (callers, weights, token requests) are decided alike
     by budget_ask.lua on Redis and by FairWindow replayed at the Redis time of each call: same
     outcomes, and the predicted delays agree to the call's duration and 1 ms."""
-    # A window far longer than the whole run, so no grant leaves it while the asks are made
-    # (on a loaded machine the run took over 2 s, and replaying at each call's start then crossed
-    # a window edge the script had not yet reached).
-    window = Window(3, 60.0, reserve=1)
+    window = Window(3, 2.0, reserve=1)
     requests = [
         PermitRequest(f"r{i:02d}", who, round(1000 / weight), token=who == "-")
         for i, (who, weight) in enumerate(asks)
@@ -577,7 +571,7 @@ def test_the_lua_script_orders_waiters_like_the_in_process_budget(
         try:
             for permit in [*fills, *requests]:
                 before = await redis_ms(store)
-                answer = await store.ask(window, permit, 0 if permit in fills else WAIT)
+                answer = await store.ask(window, permit, 0 if permit in fills else 60)
                 timed.append((answer, before, await redis_ms(store)))
         finally:
             await store.close()
@@ -585,9 +579,13 @@ def test_the_lua_script_orders_waiters_like_the_in_process_budget(
 
     remote = asyncio.run(on_redis())
     start = remote[0][1]
+    # The fills are replayed at the start of their calls, but Redis granted them somewhere inside
+    # them: a delay that waits for a fill to leave the window may differ by that much too.
+    fill_slack = max(after - before for _, before, after in remote[: len(fills)]) / 1000
     budget = FairWindow()
     for (got, before, after), permit in zip(remote, [*fills, *requests], strict=True):
-        wait = 0 if permit in fills else WAIT
+        wait = 0 if permit in fills else 60
         local = budget.ask((before - start) / 1000, window, permit, wait)
         assert got.outcome is local.outcome, (permit, got, local)
-        assert abs(got.delay - local.delay) <= (after - before) / 1000 + 0.002, (got, local)
+        slack = (after - before) / 1000 + fill_slack + 0.002
+        assert abs(got.delay - local.delay) <= slack, (got, local)
