@@ -500,10 +500,11 @@ async def test_redis_script_keeps_the_invariant_under_concurrent_instances(
     """60 concurrent waiting acquires through 3 services on 3 connections: every one is granted
     and the zset's grant times (Redis time) never put more than `limit` in one window."""
     # Many connections open at once: on a loaded CI machine that can take longer than the 1 s
-    # default socket timeout, which is no part of what this test checks.
+    # default connect and socket timeouts, which are no part of what this test checks.
     config = StoreSettings(
         redis_url=SecretStr(redis_server.url),
         key_prefix=f"b{uuid.uuid4().hex[:8]}",
+        connect_timeout_seconds=10,
         socket_timeout_seconds=10,
     )
     stores = [RedisStore(config) for _ in range(3)]
