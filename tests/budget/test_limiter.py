@@ -54,7 +54,7 @@ from tests.support.stores import Backend, fresh_prefix, open_backend
 T = TypeVar("T")
 REDIS_SCALE = 0.01  # the properties' timeline on Redis: a drawn second lasts 10 ms
 REDIS_MACHINE_SCALE = 0.02  # the state machine's: 20 ms (rules add round trips between sleeps)
-REDIS_LATE = 0.05  # seconds a Redis re-ask may come after its deadline (a loaded machine)
+REDIS_CALL = 0.01  # seconds between the test's reading of Redis' TIME and a script's own
 WHO = ["light", "heavy", "token"]
 
 
@@ -156,9 +156,12 @@ def arrivals(redis: bool) -> st.SearchStrategy[list[tuple[float, float, str, boo
 
 async def drive(
     backend: Backend, probe: Probe, window: Window, pattern: list[tuple[float, float, str, bool]]
-) -> list[tuple[float, str, float, float]]:
+) -> list[tuple[float, str, float, float, float]]:
     """Arrivals that ask again exactly when told (or leave half-way through their wait, when
-    drawn so): (grant time, who, arrival, wait) per grant, on the store's clock."""
+    drawn so): (grant time, who, arrival, wait, how late past its deadline the granted ask
+    came) per grant, on the store's clock. On the fake clock an ask is never late; on Redis
+    the test's own event loop may be (a loaded machine), and a store can only decide when
+    asked."""
     events: list[tuple[float, int, str]] = []  # (local time, order, request id); order < 0: leave
     info: dict[str, tuple[PermitRequest, float, float]] = {}  # request, deadline (local), wait
     local = backend.clock.monotonic()
@@ -184,13 +187,14 @@ async def drive(
             continue
         if request_id not in arrived:
             arrived[request_id] = await probe.now()
-        left = max(0.0, deadline - backend.clock.monotonic())
+        asked = backend.clock.monotonic()
+        left = max(0.0, deadline - asked)
         answer = await backend.store.ask(window, permit, left)
         assert answer.delay >= 0
         if answer.outcome is Outcome.GRANTED:
-            grants.append(
-                (await probe.granted_at(permit), permit.caller, arrived[request_id], wait)
-            )
+            overdue = max(0.0, asked - deadline)
+            granted_at = await probe.granted_at(permit)
+            grants.append((granted_at, permit.caller, arrived[request_id], wait, overdue))
             done.add(request_id)
         elif answer.outcome is Outcome.DENIED:
             assert answer.delay > left - probe.rounding
@@ -204,7 +208,7 @@ async def drive(
 def test_no_window_ever_holds_more_than_limit_grants(store_config: dict[str, Any]) -> None:
     """For random arrivals, waits, callers and departures, every window holds at most `limit`
     grants and at most `limit - reserve` API grants, and no grant is later than its caller
-    agreed to wait (on Redis: than a re-ask that came late by scheduling)."""
+    agreed to wait (plus, on Redis, however late the test's loop itself asked)."""
     redis = on_redis(store_config)
 
     @settings(max_examples=20 if redis else 300, deadline=None)
@@ -221,11 +225,13 @@ def test_no_window_ever_holds_more_than_limit_grants(store_config: dict[str, Any
             probe = Probe(backend, REDIS_SCALE)
             spec = Window(limit, probe.seconds(window), reserve)
             grants = await drive(backend, probe, spec, pattern)
-            late = REDIS_LATE if redis else 1e-9
+            slack = REDIS_CALL if redis else 1e-9
             assert worst_window([t for t, *_ in grants], spec.seconds) <= limit
             api = [t for t, who, *_ in grants if who != "token"]
             assert worst_window(api, spec.seconds) <= limit - reserve
-            assert all(t <= arrived + wait + late for t, _, arrived, wait in grants)
+            assert all(
+                t <= arrived + wait + overdue + slack for t, _, arrived, wait, overdue in grants
+            )
 
         run_on_fresh_store(store_config, on)
 
