@@ -11,7 +11,7 @@ import re
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -202,16 +202,47 @@ def metric(text: str, name: str, labels: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
+def flip_ciphertext(sealed: bytes) -> bytes:
+    """`sealed` ("key.base64url") with one bit of its middle ciphertext byte flipped, encoded
+    again: still well formed, so only the authenticated decryption can notice."""
+    name, _, blob = sealed.partition(b".")
+    raw = bytearray(base64.urlsafe_b64decode(blob + b"=" * (-len(blob) % 4)))
+    raw[len(raw) // 2] ^= 1
+    return name + b"." + base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=")
+
+
+def flip_middle_bit(value: bytes) -> bytes:
+    middle = len(value) // 2
+    return value[:middle] + bytes([value[middle] ^ 1]) + value[middle + 1 :]
+
+
+def break_encoding(sealed: bytes) -> bytes:
+    """`sealed` with its middle character replaced by one base64url never uses."""
+    middle = len(sealed) // 2 + len(sealed) // 4
+    return sealed[:middle] + b"!" + sealed[middle + 1 :]
+
+
 @pytest.mark.parametrize(
-    ("field", "reason"),
-    [("sealed", "decrypt"), ("digest", "tampered"), ("expires_at", "tampered")],
+    ("field", "tamper", "reason"),
+    [
+        ("sealed", flip_ciphertext, "decrypt"),
+        ("sealed", break_encoding, "malformed"),
+        ("digest", flip_middle_bit, "tampered"),
+        ("expires_at", flip_middle_bit, "tampered"),
+    ],
+    ids=["sealed-decrypt", "sealed-malformed", "digest-tampered", "expires_at-tampered"],
 )
 async def test_a_tampered_entry_is_never_served_and_a_fresh_instance_gets_a_working_token(
-    emulator: Emulator, redis_server: RedisServer, tmp_path: Path, field: str, reason: str
+    emulator: Emulator,
+    redis_server: RedisServer,
+    tmp_path: Path,
+    field: str,
+    tamper: Callable[[bytes], bytes],
+    reason: str,
 ) -> None:
-    """With one byte of one field of the cached entry flipped, a fresh instance answers 200 with
-    a new token the upstream accepts, logs token.cache_entry_rejected, counts it in /metrics,
-    removes the entry, and nothing answers 5xx."""
+    """With one field of the cached entry altered, a fresh instance answers 200 with a new
+    token the upstream accepts, logs token.cache_entry_rejected with the reason, counts it in
+    /metrics, removes the entry, and nothing answers 5xx."""
     prefix = f"x{uuid.uuid4().hex[:8]}"
     config = broker_config(emulator, {"redis_url": redis_server.url, "key_prefix": prefix})
     key = client_key(prefix, "checkout", EMULATOR_ID, EMULATOR_SECRET)
@@ -222,10 +253,8 @@ async def test_a_tampered_entry_is_never_served_and_a_fresh_instance_gets_a_work
         with running(config, tmp_path, "first") as first:
             stored_token = await token(http, first)
         value = await redis.hget(key, field)
-        middle = len(value) // 2
-        await redis.hset(
-            key, field, value[:middle] + bytes([value[middle] ^ 1]) + value[middle + 1 :]
-        )
+        assert value is not None
+        await redis.hset(key, field, tamper(value))
         with running(config, tmp_path, "fresh") as fresh:
             served = await token(http, fresh)
             metrics = (await http.get(f"{fresh.url}/metrics")).text
