@@ -22,7 +22,10 @@ place (``app/api/errors.py``).
     │   └── UpstreamTimeout                504 upstream_timeout (proxied calls)
     ├── RefreshThrottled                   429 refresh_throttled + Retry-After
     ├── BudgetExhausted                    429 budget_exhausted + Retry-After
-    └── StoreUnavailable                   503 store_unavailable + Retry-After
+    ├── StoreUnavailable                   503 store_unavailable + Retry-After
+    └── OAuthError                         an RFC 6749 §5.2 answer of the OAuth endpoints, which
+                                           carries its own status and error code (`app.api.oauth`
+                                           translates the classes above into it)
 """
 
 from __future__ import annotations
@@ -136,3 +139,15 @@ class MalformedXfcc(AuthError):
 
 class RequestRefused(RequestError):
     """A request head refused inside uvicorn's parser callbacks, before the app sees it."""
+
+
+class OAuthError(BrokerError):
+    """An RFC 6749 §5.2 error of the OAuth endpoints: their codes are not the contract's, so it
+    carries its status, code and extra headers (`app.api.oauth` raises it)."""
+
+    def __init__(
+        self, status: int, error: str, description: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(description)
+        self.status, self.error = status, error
+        self.headers = dict(headers or {})

@@ -18,6 +18,8 @@ from app.api import budget, discovery, health, oauth, oauth_revoke, proxy, token
 from app.api import metrics as metrics_api
 from app.api.errors import install_error_handlers
 from app.api.openapi import install_openapi
+from app.api.token_answer import TokenAnswers
+from app.api.warm_token import BrokerApp, WarmTokenPath
 from app.auth.callers import CallerAuthenticator
 from app.budget.model import BudgetPolicy
 from app.budget.service import BudgetService
@@ -26,7 +28,7 @@ from app.config import BudgetSettings, CallerSettings, Settings, StoreSettings
 from app.observability.fleet import FleetView, heartbeating
 from app.observability.logs import log_event
 from app.observability.metrics import BrokerMetrics
-from app.observability.request_log import RequestLogMiddleware, refused_request_log
+from app.observability.request_log import RequestLog, RequestLogMiddleware, refused_request_log
 from app.observability.tracing import Tracing, start_tracing
 from app.services import Services
 from app.store.memory import MemoryStore
@@ -239,12 +241,12 @@ def create_app(
         try:
             async with open_services(settings, clock, metrics, tracing) as services:
                 app.state.services = services
-                yield {"services": services}
+                yield {"services": services, "token_answers": TokenAnswers()}
         finally:
             if tracing is not None:
                 tracing.close()
 
-    app = FastAPI(
+    app = BrokerApp(
         title="paysera-token-broker",
         version=__version__,
         lifespan=lifespan,
@@ -255,11 +257,9 @@ def create_app(
     install_error_handlers(app)
     # Requests the HTTP layer refuses before routing are logged and counted like any other
     # (app.transport reads this hook; the app itself never sees those requests).
-    setattr(app.state, REFUSAL_HOOK_STATE, refused_request_log(metrics))
-    # Middleware added last runs first: the request log wraps the warm token path, so the
-    # requests that path answers are logged and counted like every other.
-    app.add_middleware(tokens.WarmTokenPath, clients=settings.clients)
-    app.add_middleware(RequestLogMiddleware, settings=settings, metrics=metrics)
+    request_log = RequestLog(metrics)
+    setattr(app.state, REFUSAL_HOOK_STATE, refused_request_log(request_log))
+    app.add_middleware(RequestLogMiddleware, settings=settings, request_log=request_log)
     app.include_router(tokens.router)
     app.include_router(oauth.router)
     app.include_router(oauth_revoke.router)
@@ -270,5 +270,7 @@ def create_app(
     app.include_router(metrics_api.router)
     install_openapi(app)
     if tracing is not None:
-        tracing.instrument_app(app)
+        tracing.instrument_app(app)  # every request gets its span: no warm path around it
+    else:
+        app.warm_path = WarmTokenPath(settings.clients, request_log)
     return app

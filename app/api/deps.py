@@ -11,6 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.api.token_answer import TokenAnswers
 from app.auth.callers import Caller
 from app.auth.identity import presented_identities
 from app.auth.xfcc import XFCC_HEADER
@@ -23,6 +24,12 @@ def services_of(request: Request) -> Services:
     """The services the lifespan built."""
     services: Services = request.state.services
     return services
+
+
+def token_answers(request: Request) -> TokenAnswers:
+    """The app's token answers (`app.api.token_answer`), shared with the warm path."""
+    answers: TokenAnswers = request.state.token_answers
+    return answers
 
 
 async def get_services(request: Request) -> Services:

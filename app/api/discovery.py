@@ -39,7 +39,7 @@ WELL_KNOWN = "/.well-known/oauth-authorization-server"
 _HOST = re.compile(
     r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$"
 )
-NO_STORE = {"Cache-Control": "no-store"}  # the document may depend on the request's Host
+CACHE_HEADERS = {"Cache-Control": "no-store"}  # the document may depend on the request's Host
 
 
 class AuthorizationServerMetadata(BaseModel):
@@ -99,7 +99,7 @@ def metadata(
         revocation_endpoint_auth_methods_supported=methods,
         response_types_supported=[],
     )
-    return JSONResponse(document.model_dump(), headers=NO_STORE)
+    return JSONResponse(document.model_dump(), headers=CACHE_HEADERS)
 
 
 @router.get(WELL_KNOWN, response_model=AuthorizationServerMetadata)

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.api.token_answer import NO_STORE
 from app.budget.service import rate_limit_headers
 from app.errors import (
     BrokerError,
@@ -22,6 +23,7 @@ from app.errors import (
     ClientRequired,
     Forbidden,
     InvalidRequest,
+    OAuthError,
     RefreshThrottled,
     RequestTooLarge,
     RetryableError,
@@ -52,6 +54,8 @@ ERROR_TABLE: dict[type[BrokerError], tuple[int, str]] = {
     StoreUnavailable: (503, "store_unavailable"),
 }
 WWW_AUTHENTICATE = 'ApiKey realm="token-broker", header="X-API-Key"'
+# RFC 9110 §15.5.2: every 401 carries a challenge; Basic is the scheme the OAuth endpoints take.
+BASIC_CHALLENGE = 'Basic realm="token-broker"'
 _HTTP_CODES = {
     400: "invalid_request",  # e.g. a JSON body that does not parse
     404: "not_found",
@@ -81,6 +85,19 @@ def broker_error_response(exc: BrokerError) -> JSONResponse:
     return error_json(status, code, exc.message, headers)
 
 
+def oauth_error_response(exc: OAuthError) -> JSONResponse:
+    """An RFC 6749 §5.2 error: `{"error", "error_description"}`, never cached."""
+    headers = {**NO_STORE, **exc.headers}
+    if exc.status == 401:
+        headers.setdefault("WWW-Authenticate", BASIC_CHALLENGE)
+    return error_json(exc.status, exc.error, exc.message, headers)
+
+
+async def _on_oauth_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, OAuthError)
+    return oauth_error_response(exc)
+
+
 async def _on_broker_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, BrokerError)
     return broker_error_response(exc)
@@ -106,6 +123,7 @@ async def _on_unexpected(_request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers once on `app`."""
+    app.add_exception_handler(OAuthError, _on_oauth_error)  # looked up before BrokerError
     app.add_exception_handler(BrokerError, _on_broker_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)

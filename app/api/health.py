@@ -24,7 +24,7 @@ from app.services import Services
 router = APIRouter(tags=["health"])
 
 PING_TIMEOUT_SECONDS = 0.5
-NO_STORE = {"Cache-Control": "no-store", "Vary": "Accept"}
+CACHE_HEADERS = {"Cache-Control": "no-store", "Vary": "Accept"}
 
 
 async def store_answers(services: Services) -> bool:
@@ -220,8 +220,8 @@ async def health(request: Request, services: ServicesDep) -> Response:
     report = await health_report(services)
     if prefers_html(request.headers.get("accept")):
         page = render_dashboard(report, history=services.metrics.history.buckets())
-        return HTMLResponse(page, headers={**NO_STORE, **DASHBOARD_HEADERS})
-    return JSONResponse(report, headers=NO_STORE)
+        return HTMLResponse(page, headers={**CACHE_HEADERS, **DASHBOARD_HEADERS})
+    return JSONResponse(report, headers=CACHE_HEADERS)
 
 
 @router.get("/health/live")

@@ -11,7 +11,8 @@ order: the request's form, client authentication, the grant type, the caller's a
 client, and only then the token cache. The answer has the upstream's exact shape.
 
 Errors follow RFC 6749 §5.2, whose codes differ from the broker's contract codes, so this router
-renders its own `OAuthError`. Broker exceptions are translated in one table, `OAUTH_ERRORS`:
+raises `OAuthError` (rendered by `app.api.errors`). Broker exceptions are translated in one
+table, `OAUTH_ERRORS`:
 
     Unauthorized (any credential)    401 invalid_client + WWW-Authenticate: Basic
     Forbidden                        400 unauthorized_client
@@ -29,18 +30,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
-import logging
 import math
 from collections import Counter
 from collections.abc import Mapping
 from urllib.parse import parse_qsl, unquote_plus
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import ServicesDep, caller_identities
+from app.api.deps import ServicesDep, caller_identities, token_answers
+from app.api.token_answer import NO_STORE, OAUTH_SCOPE, Shape, response
 from app.auth.callers import Caller
 from app.errors import (
     BrokerError,
@@ -48,6 +47,7 @@ from app.errors import (
     ClientRequired,
     Forbidden,
     InvalidRequest,
+    OAuthError,
     RetryableError,
     StoreUnavailable,
     Unauthorized,
@@ -55,21 +55,13 @@ from app.errors import (
     UpstreamCredentialsRejected,
     UpstreamUnavailable,
 )
-from app.observability.logs import log_event
 from app.services import Services
 
 router = APIRouter(tags=["oauth2"])
-log = logging.getLogger(__name__)
 
 PAYSERA_TOKEN_PATH = "/auth/realms/Paysera/protocol/openid-connect/token"
 FORM_TYPE = "application/x-www-form-urlencoded"
 MAX_BODY_BYTES = 64 * 1024
-# What the upstream grants (its guide's example). A requested `scope` is ignored, as RFC 6749
-# §3.3 allows: the broker hands out the one token it holds, whatever was asked for.
-SCOPE = "profile email"
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-# RFC 9110 §15.5.2: every 401 carries a challenge; Basic is the scheme this endpoint accepts.
-BASIC_CHALLENGE = 'Basic realm="token-broker"'
 KNOWN_PARAMETERS = ("grant_type", "client_id", "client_secret", "scope")
 INVALID_CLIENT = "Invalid client credentials"  # the upstream's wording; says nothing more
 
@@ -86,24 +78,6 @@ OAUTH_ERRORS: dict[type[BrokerError], tuple[int, str]] = {
 }
 
 
-class OAuthError(Exception):
-    """An RFC 6749 §5.2 error answer; raised and rendered only inside this router."""
-
-    def __init__(
-        self, status: int, error: str, description: str, headers: Mapping[str, str] | None = None
-    ) -> None:
-        super().__init__(error)
-        self.status, self.error, self.description = status, error, description
-        self.headers = dict(headers or {})
-        if status == 401:
-            self.headers.setdefault("WWW-Authenticate", BASIC_CHALLENGE)
-
-    def response(self) -> JSONResponse:
-        """The error as JSON that must not be cached."""
-        body = {"error": self.error, "error_description": self.description}
-        return JSONResponse(body, self.status, headers={**NO_STORE, **self.headers})
-
-
 def invalid_request(description: str) -> OAuthError:
     """400 invalid_request: a missing, repeated or malformed parameter, or a bad body."""
     return OAuthError(400, "invalid_request", description)
@@ -116,6 +90,8 @@ def invalid_client() -> OAuthError:
 
 def translate(exc: BrokerError, hold_seconds: float) -> OAuthError:
     """The OAuth error for a broker exception; `hold_seconds` is Retry-After when it has none."""
+    if isinstance(exc, OAuthError):
+        return exc
     status, code = next(
         (OAUTH_ERRORS[cls] for cls in type(exc).__mro__ if cls in OAUTH_ERRORS),
         (500, "server_error"),
@@ -226,35 +202,10 @@ async def issue_token(request: Request, services: Services, client: str | None) 
         token = await services.tokens.get(name)
     except BrokerError as exc:
         raise translate(exc, services.tokens.hold_remaining(exc.client or "")) from exc
-    now = services.clock.time()
-    expires_in = max(0, int(token.expires_at - now))
-    log_event(
-        log,
-        logging.INFO,
-        "token.issued",
-        caller=caller.name,
-        client=name,
-        token_fp=token.fingerprint,
-        seconds_left=expires_in,
-        grant="client_credentials",
+    answer = token_answers(request).issue(
+        caller.name, name, token, services.clock.time(), Shape.OAUTH
     )
-    body = {  # the upstream's fields, in the upstream's order
-        "access_token": token.access_token,
-        "expires_in": expires_in,
-        "refresh_expires_in": 0,
-        "token_type": "Bearer",
-        "not-before-policy": 0,
-        "scope": SCOPE,
-    }
-    return Response(json.dumps(body), media_type="application/json", headers=NO_STORE)
-
-
-async def answer(request: Request, services: Services, client: str | None) -> Response:
-    """The token answer, or the RFC 6749 error the grant ran into."""
-    try:
-        return await issue_token(request, services, client)
-    except OAuthError as exc:
-        return exc.response()
+    return response(answer)
 
 
 # -- routes ---------------------------------------------------------------------------------------
@@ -269,7 +220,7 @@ class OAuthToken(BaseModel):
     refresh_expires_in: int = 0
     token_type: str = "Bearer"
     not_before_policy: int = Field(0, alias="not-before-policy")
-    scope: str = SCOPE
+    scope: str = OAUTH_SCOPE
 
 
 class OAuthErrorBody(BaseModel):
@@ -314,10 +265,10 @@ _RESPONSES: dict[int | str, dict[str, object]] = {
 )
 async def client_token(request: Request, client: str, services: ServicesDep) -> Response:
     """RFC 6749 client credentials: `client`'s cached token for the authenticated caller."""
-    return await answer(request, services, client)
+    return await issue_token(request, services, client)
 
 
 @router.post(PAYSERA_TOKEN_PATH, response_model=None, responses=_RESPONSES, openapi_extra=_OPENAPI)
 async def paysera_token(request: Request, services: ServicesDep) -> Response:
     """The upstream's token URL: the cached token of the caller's only client."""
-    return await answer(request, services, None)
+    return await issue_token(request, services, None)

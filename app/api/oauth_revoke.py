@@ -31,16 +31,15 @@ from fastapi import APIRouter, Request, Response
 from app.api.deps import ServicesDep
 from app.api.oauth import (
     FORM_TYPE,
-    NO_STORE,
-    OAuthError,
     OAuthErrorBody,
     authenticate_client,
     invalid_request,
     read_form,
     translate,
 )
+from app.api.token_answer import NO_STORE
 from app.auth.callers import Caller
-from app.errors import BrokerError, RefreshThrottled
+from app.errors import BrokerError, OAuthError, RefreshThrottled
 from app.observability.logs import log_event
 from app.services import Services
 from app.tokens.model import fingerprint
@@ -98,14 +97,6 @@ async def revoke(request: Request, services: Services, client: str | None) -> Re
     return Response(b"{}", media_type="application/json", headers=NO_STORE)
 
 
-async def answer(request: Request, services: Services, client: str | None) -> Response:
-    """200, or the RFC 6749 error the revocation ran into."""
-    try:
-        return await revoke(request, services, client)
-    except OAuthError as exc:
-        return exc.response()
-
-
 # -- routes ---------------------------------------------------------------------------------------
 
 _FORM_SCHEMA = {
@@ -135,11 +126,11 @@ _RESPONSES: dict[int | str, dict[str, object]] = {
 )
 async def client_revoke(request: Request, client: str, services: ServicesDep) -> Response:
     """RFC 7009: revoke `client`'s token; the next token request gets a new one."""
-    return await answer(request, services, client)
+    return await revoke(request, services, client)
 
 
 @router.post(PAYSERA_REVOKE_PATH, response_model=None, responses=_RESPONSES, openapi_extra=_OPENAPI)
 async def paysera_revoke(request: Request, services: ServicesDep) -> Response:
     """RFC 7009 beside the upstream's token URL: revoke the token of whichever of the caller's
     clients holds it."""
-    return await answer(request, services, None)
+    return await revoke(request, services, None)

@@ -42,7 +42,7 @@ _HTML_ERROR = (
 )
 
 
-class OAuthError(Exception):
+class EndpointError(Exception):
     """An RFC 6749 §5.2 error response."""
 
     def __init__(
@@ -60,10 +60,10 @@ class OAuthError(Exception):
         return JSONResponse(body, self.status, headers={**_NO_STORE, **self.headers})
 
 
-def _invalid_client(via_basic: bool) -> OAuthError:
+def _invalid_client(via_basic: bool) -> EndpointError:
     # RFC 6749 §5.2: a failed Authorization-header authentication names its scheme.
     headers = {"WWW-Authenticate": 'Basic realm="Paysera"'} if via_basic else None
-    return OAuthError(401, "invalid_client", "Invalid client credentials", headers)
+    return EndpointError(401, "invalid_client", "Invalid client credentials", headers)
 
 
 async def read_body(request: Request) -> bytes:
@@ -72,7 +72,7 @@ async def read_body(request: Request) -> bytes:
     async for chunk in request.stream():
         body += chunk
         if len(body) > _MAX_FORM_BYTES:
-            raise OAuthError(400, "invalid_request", "Request body too large")
+            raise EndpointError(400, "invalid_request", "Request body too large")
     return bytes(body)
 
 
@@ -80,14 +80,14 @@ def parse_form(headers: Headers, body: bytes) -> dict[str, str]:
     """Parse a form-urlencoded body; repeated or undecodable parameters are invalid."""
     content_type = headers.get("content-type", "").partition(";")[0].strip().lower()
     if content_type != _FORM_TYPE:
-        raise OAuthError(400, "invalid_request", f"Content-Type must be {_FORM_TYPE}")
+        raise EndpointError(400, "invalid_request", f"Content-Type must be {_FORM_TYPE}")
     try:
         pairs = parse_qsl(body.decode(), keep_blank_values=True, errors="strict")
     except (UnicodeDecodeError, ValueError):
-        raise OAuthError(400, "invalid_request", "Malformed form body") from None
+        raise EndpointError(400, "invalid_request", "Malformed form body") from None
     form = dict(pairs)
     if len(form) != len(pairs):
-        raise OAuthError(400, "invalid_request", "Repeated form parameter")
+        raise EndpointError(400, "invalid_request", "Repeated form parameter")
     return form
 
 
@@ -112,9 +112,9 @@ def authenticate_client(
     basic = _basic_credentials(headers.get("authorization"))
     if basic is not None:
         if "client_secret" in form:
-            raise OAuthError(400, "invalid_request", "Multiple client authentication methods")
+            raise EndpointError(400, "invalid_request", "Multiple client authentication methods")
         if form.get("client_id", basic[0]) != basic[0]:
-            raise OAuthError(400, "invalid_request", "client_id does not match the credentials")
+            raise EndpointError(400, "invalid_request", "client_id does not match the credentials")
         client_id, secret = basic
     else:
         client_id, secret = form.get("client_id", ""), form.get("client_secret", "")
@@ -128,10 +128,10 @@ def check_grant(headers: Headers, body: bytes, clients: Mapping[str, str]) -> st
     """Validate a token request in Keycloak's order; return the authenticated client_id."""
     form = parse_form(headers, body)
     if not form.get("grant_type"):
-        raise OAuthError(400, "invalid_request", "Missing form parameter: grant_type")
+        raise EndpointError(400, "invalid_request", "Missing form parameter: grant_type")
     client_id = authenticate_client(clients, headers, form)
     if form["grant_type"] != "client_credentials":
-        raise OAuthError(400, "unsupported_grant_type", "Unsupported grant_type")
+        raise EndpointError(400, "unsupported_grant_type", "Unsupported grant_type")
     return client_id
 
 
@@ -245,7 +245,7 @@ async def token_endpoint(state: EmulatorState, request: Request) -> Response:
     }
     try:
         body = await read_body(request)
-    except OAuthError as exc:
+    except EndpointError as exc:
         state.stats.token_rejected += 1
         return exc.response()
     settings = state.settings  # the behaviour is fixed when the request has arrived
@@ -258,7 +258,7 @@ async def token_endpoint(state: EmulatorState, request: Request) -> Response:
         return await failure(state, request)
     try:
         client_id = check_grant(request.headers, body, settings.clients)
-    except OAuthError as exc:
+    except EndpointError as exc:
         state.stats.token_rejected += 1
         return exc.response()
     return token_response(state, client_id, settings.failure_mode)

@@ -29,7 +29,7 @@ from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.observability.logs import log_event, request_id
+from app.observability.logs import LineTemplate, request_id
 from app.observability.metrics import BrokerMetrics
 
 if TYPE_CHECKING:  # adapters read settings; only app.main hands them over
@@ -96,12 +96,63 @@ class _Answer:
     code: str | None = None
 
 
+class RequestLog:
+    """Counts a request in the HTTP metrics and writes its `http.request` line: the one record
+    of a request, whoever answered it (the app, the warm token path, the HTTP layer's
+    refusals)."""
+
+    MAX_LINES = 4096  # line templates kept (routes, callers, clients, outcomes are few)
+
+    def __init__(self, metrics: BrokerMetrics) -> None:
+        self.metrics = metrics
+        self._lines: dict[tuple[str, str, int, str | None, str | None, str], LineTemplate] = {}
+
+    def record(
+        self,
+        route: str,
+        method: str,
+        status: int,
+        seconds: float,
+        caller: str | None = None,
+        client: str | None = None,
+        outcome: str = "ok",
+    ) -> None:
+        """One answered request: `route` a template (or `unmatched`), `caller` and `client`
+        configured names or None, `outcome` `ok` or an error code."""
+        method = method if method in _METHODS else "OTHER"
+        self.metrics.http_request(route, method, status, seconds)
+        ops = is_ops_route(route)
+        if ops and not log.isEnabledFor(logging.DEBUG):
+            return  # the hot probe path: nothing more to work out
+        if route in TOKEN_ROUTES:
+            self.metrics.token_request(client, caller, outcome)
+        key = (route, method, status, caller, client, outcome)
+        line = self._lines.get(key)
+        if line is None:
+            if len(self._lines) >= self.MAX_LINES:
+                self._lines.clear()
+            line = self._lines[key] = LineTemplate(
+                log,
+                logging.DEBUG if ops else logging.INFO,
+                "http.request",
+                "latency_ms",
+                method=method,
+                path=route,
+                status=status,
+                latency_ms=0.0,
+                caller=caller,
+                client=client,
+                outcome=outcome,
+            )
+        line.log(round(seconds * 1000, 1))
+
+
 class RequestLogMiddleware:
     """One `http.request` log line and the HTTP metrics per request; sets the request id."""
 
-    def __init__(self, app: ASGIApp, settings: Settings, metrics: BrokerMetrics) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings, request_log: RequestLog) -> None:
         self.app = app
-        self.metrics = metrics
+        self.request_log = request_log
         self.clients = frozenset(settings.clients)
         self.callers = frozenset(settings.callers)
         callers = settings.callers.items()
@@ -151,31 +202,13 @@ class RequestLogMiddleware:
     def _finish(self, scope: Scope, answer: _Answer, seconds: float) -> None:
         route_object = scope.get("route")
         route = getattr(route_object, "path", None) or UNMATCHED
-        method = scope["method"] if scope["method"] in _METHODS else "OTHER"
         status = answer.status
-        self.metrics.http_request(route, method, status, seconds)
-        ops = is_ops_route(route)
-        if ops and not log.isEnabledFor(logging.DEBUG):
-            return  # the hot probe path: nothing more to work out
         state: Mapping[str, Any] = scope.get("state") or {}
         caller = state.get("caller")
         caller = caller if caller in self.callers else None
         client = self._client(scope, state, caller)
         outcome = "ok" if 0 < status < 400 else (answer.code or f"http_{status}")
-        if route in TOKEN_ROUTES:
-            self.metrics.token_request(client, caller, outcome)
-        log_event(
-            log,
-            logging.DEBUG if ops else logging.INFO,
-            "http.request",
-            method=method,
-            path=route,
-            status=status,
-            latency_ms=round(seconds * 1000, 1),
-            caller=caller,
-            client=client,
-            outcome=outcome,
-        )
+        self.request_log.record(route, scope["method"], status, seconds, caller, client, outcome)
 
     def _client(self, scope: Scope, state: Mapping[str, Any], caller: str | None) -> str | None:
         """The configured client this request was about, if one can be told."""
@@ -189,25 +222,12 @@ class RequestLogMiddleware:
         return client if client in self.clients else None
 
 
-def refused_request_log(metrics: BrokerMetrics) -> Callable[[str, int, str, float], None]:
+def refused_request_log(request_log: RequestLog) -> Callable[[str, int, str, float], None]:
     """What the HTTP layer calls for a request it refused before routing (an oversized or
-    malformed head, a declared body over the limit): one `http.request` line and the HTTP
-    metrics, as for any other request, with the route `unmatched` and no caller or client."""
+    malformed head, a declared body over the limit): recorded as any other request, with the
+    route `unmatched` and no caller or client."""
 
     def record(method: str, status: int, code: str, seconds: float) -> None:
-        method = method if method in _METHODS else "OTHER"
-        metrics.http_request(UNMATCHED, method, status, seconds)
-        log_event(
-            log,
-            logging.INFO,
-            "http.request",
-            method=method,
-            path=UNMATCHED,
-            status=status,
-            latency_ms=round(seconds * 1000, 1),
-            caller=None,
-            client=None,
-            outcome=code,
-        )
+        request_log.record(UNMATCHED, method, status, seconds, outcome=code)
 
     return record

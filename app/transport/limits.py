@@ -29,6 +29,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from app.errors import RequestRefused
 from app.transport.certificates import ClientCertProtocol
 from app.transport.errors import error_body
+from app.transport.writes import CoalescingTransport
 
 MAX_TARGET_BYTES = 16 * 1024
 MAX_HEADER_BYTES = 64 * 1024
@@ -94,8 +95,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(  # type: ignore[override]  # uvicorn's own signature
         self, transport: asyncio.Transport
     ) -> None:
-        """Start counting the first request's head."""
+        """Start counting the first request's head; join each response's writes into one."""
         super().connection_made(transport)
+        # After uvicorn's set-up: its FlowControl keeps the real transport.
+        self.transport = CoalescingTransport(transport, self.loop)
         self._start_head()
 
     def _start_head(self) -> None:

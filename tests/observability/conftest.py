@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from app.observability.logs import configure_logging
+from app.observability.logs import configure_logging, flush_logs
 
 LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "httpx", "httpcore")
 
@@ -27,6 +27,7 @@ class LogCapture:
 
     def read(self) -> tuple[str, list[dict[str, Any]]]:
         """Everything written since the last read: the raw text and its JSON log lines."""
+        flush_logs()  # the writer thread may still hold the newest lines
         out, err = self._capfd.readouterr()
         raw = out + err
         return raw, [json.loads(line) for line in raw.splitlines() if line.startswith("{")]

@@ -87,7 +87,9 @@ class Shot:
 @asynccontextmanager
 async def chromium() -> AsyncIterator[DevTools]:
     """A headless Chromium with its browser-level DevTools connection."""
-    with tempfile.TemporaryDirectory(prefix="tb-chromium-") as profile:
+    # Chromium's helper processes may still write to the profile after the browser is killed:
+    # what they leave behind is not the test's concern.
+    with tempfile.TemporaryDirectory(prefix="tb-chromium-", ignore_cleanup_errors=True) as profile:
         process = await asyncio.create_subprocess_exec(
             chromium_binary(),
             *FLAGS,
