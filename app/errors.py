@@ -15,6 +15,7 @@ place (``app/api/errors.py``).
     │   ├── ClientRequired                 400 client_required
     │   ├── InvalidRequest                 400 invalid_request
     │   ├── RequestTooLarge                413 request_too_large
+    │   ├── ClientDisconnected             499 client_closed_request: the caller left mid-wait
     │   └── RequestRefused                 414/431/400 answered by the HTTP protocol (app/transport)
     ├── UpstreamError
     │   ├── UpstreamCredentialsRejected    502 upstream_invalid_client
@@ -97,6 +98,10 @@ class RetryableError(BrokerError):
 
 class RequestTooLarge(RequestError):
     """A proxied request body is larger than `proxy.max_body_bytes`."""
+
+
+class ClientDisconnected(RequestError):
+    """The caller disconnected while its request waited; the answer reaches nobody."""
 
 
 class UpstreamError(BrokerError):

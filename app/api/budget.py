@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import CallerDep, ServicesDep
+from app.api.disconnect import unless_disconnected
 
 router = APIRouter(tags=["budget"])
 
@@ -35,6 +36,7 @@ class ReportRequest(BaseModel):
 
 @router.post("/budget/acquire", response_model=GrantResponse)
 async def acquire_permit(
+    request: Request,
     caller: CallerDep,
     services: ServicesDep,
     client: str | None = None,
@@ -42,7 +44,11 @@ async def acquire_permit(
 ) -> JSONResponse:
     """Take one upstream permit, waiting up to `wait` seconds (capped by max_wait_seconds)."""
     name = services.auth.authorize(caller, client)
-    grant = await services.budget.acquire(name, wait, caller=caller.name)
+    # A caller that gives up (a timeout, a cancelled task) closes its connection: its wait is
+    # cancelled then, which takes it out of the queue, so the permit goes to the next caller.
+    grant = await unless_disconnected(
+        request, services.budget.acquire(name, wait, caller=caller.name)
+    )
     body = {
         "granted": True,
         "limit": grant.limit,

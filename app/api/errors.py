@@ -20,6 +20,7 @@ from app.budget.service import rate_limit_headers
 from app.errors import (
     BrokerError,
     BudgetExhausted,
+    ClientDisconnected,
     ClientRequired,
     Forbidden,
     InvalidRequest,
@@ -46,6 +47,8 @@ ERROR_TABLE: dict[type[BrokerError], tuple[int, str]] = {
     ClientRequired: (400, "client_required"),
     InvalidRequest: (400, "invalid_request"),
     RequestTooLarge: (413, "request_too_large"),
+    # nginx's status for a request whose client closed the connection; only logs see it
+    ClientDisconnected: (499, "client_closed_request"),
     UpstreamCredentialsRejected: (502, "upstream_invalid_client"),
     UpstreamUnavailable: (503, "upstream_unavailable"),
     UpstreamTimeout: (504, "upstream_timeout"),

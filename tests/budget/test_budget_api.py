@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import logging
 import time
 import uuid
 from pathlib import Path
@@ -55,6 +56,41 @@ async def test_acquire_waits_for_the_next_slot(broker: BrokerFactory) -> None:
         elapsed = time.monotonic() - started
     assert waited.status_code == 200
     assert 0.4 <= elapsed <= 1.5
+
+
+def _outcomes(caplog: pytest.LogCaptureFixture) -> list[str | None]:
+    return [getattr(record, "fields", {}).get("outcome") for record in caplog.records]
+
+
+async def test_a_waiting_caller_that_disconnects_gives_its_slot_back(
+    broker: BrokerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A waiting acquire whose client goes away leaves the queue: the next caller gets the slot
+    it held, and the request is logged as client_closed_request (499)."""
+    caplog.set_level(logging.INFO, logger="app.http")
+    budget = {"limit": 1, "window_seconds": 2, "safety_margin_seconds": 0.1}
+    async with broker(budget=budget) as http:
+        assert (await http.post("/budget/acquire", headers=HEADERS)).status_code == 200
+        first_granted = time.monotonic()
+        async with httpx.AsyncClient(base_url=http.base_url, timeout=30) as leaving:
+            abandoned = asyncio.create_task(
+                leaving.post("/budget/acquire?wait=10", headers=HEADERS)
+            )
+            await asyncio.sleep(0.3)  # it holds the reservation of the next slot now
+            abandoned.cancel()  # httpx closes the connection of a cancelled request
+            with pytest.raises(asyncio.CancelledError):
+                await abandoned
+        # A waiter sleeps until the slot predicted for it, so the next caller must ask after
+        # the broker has seen the disconnect (its log line), not just after the close.
+        for _ in range(200):
+            if "client_closed_request" in _outcomes(caplog):
+                break
+            await asyncio.sleep(0.01)
+        waited = await http.post("/budget/acquire?wait=10", headers=HEADERS)
+        elapsed = time.monotonic() - first_granted
+    assert "client_closed_request" in _outcomes(caplog)
+    assert waited.status_code == 200
+    assert elapsed <= 2.1 + 0.8  # had the slot been kept, a whole window more
 
 
 async def test_a_waited_permit_reports_the_reset_as_of_its_use(broker: BrokerFactory) -> None:

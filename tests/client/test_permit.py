@@ -42,12 +42,6 @@ async def test_sync_and_async_permits_wait_for_the_next_slot(
         assert WINDOW - 0.2 <= waited <= WINDOW + MARGIN + 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="broker: POST /budget/acquire keeps waiting after its caller disconnects (FastAPI does "
-    "not cancel the route), so the reserved slot is not withdrawn; budget/service.py withdraws "
-    "only on cancellation",
-)
 async def test_a_cancelled_async_permit_gives_its_slot_back(
     broker: BrokerFactory, make_auth: Callable[..., BrokerAuth]
 ) -> None:
