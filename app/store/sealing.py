@@ -1,8 +1,9 @@
 """Tokens at rest: each cached token sealed with AES-256-GCM, bound to its client's credentials.
 
 Pure functions and small values over PyPI `cryptography` (AESGCM, HKDF); no I/O, no clock. The
-Redis adapter (`app/store/redis.py`) seals what it writes and opens what it reads; `app/main.py`
-builds the `Sealers` from the settings. The memory store does not seal (nothing leaves it).
+Redis adapter (`app/store/redis_entries.py`) seals what it writes and opens what it reads;
+`app/main.py` builds the `Sealers` from the settings. The memory store does not seal (nothing
+leaves it).
 
 Keys. By default a client's key is derived with HKDF-SHA256 from its own `client_id` and secret
 (key name `derived`): nothing new to manage, and whoever holds only Redis can neither read nor

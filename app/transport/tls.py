@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import ssl
-from pathlib import Path
 
 from app.config import ServerSettings
+from app.file_stamp import FileStamp, file_stamp
 from app.observability.logs import log_event
 
 log = logging.getLogger(__name__)
 
 RELOAD_INTERVAL_SECONDS = 5.0
-
-FileStamp = tuple[int, int, int, int] | None  # device, inode, size, mtime; None if unreadable
 
 
 def build_context(server: ServerSettings) -> ssl.SSLContext:
@@ -47,14 +44,6 @@ def build_context(server: ServerSettings) -> ssl.SSLContext:
     return context
 
 
-def _stamp(path: Path) -> FileStamp:
-    try:
-        info = os.stat(path)  # follows symlinks: a swapped ..data link changes the inode
-    except OSError:
-        return None
-    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
-
-
 class ReloadingTlsContext:
     """One `ssl.SSLContext` for the life of the listener; its files reloaded when they change."""
 
@@ -71,7 +60,7 @@ class ReloadingTlsContext:
         self.reloads = 0
 
     def _stamps(self) -> list[FileStamp]:
-        return [_stamp(path) for path in self._files]
+        return [file_stamp(path) for path in self._files]
 
     def reload_if_changed(self) -> bool:
         """Load the files into the live context if they changed and are valid; True if it did."""

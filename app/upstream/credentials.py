@@ -2,19 +2,19 @@
 
 Kubernetes updates a mounted Secret by swapping a symlink (`..data`) to a new directory, so the
 file keeps its path and gets a new inode; other tools rewrite it in place. A cheap `stat` of each
-secret file every `SECRET_RELOAD_INTERVAL_SECONDS` (following symlinks) sees both, as the TLS
-certificate reload does (`app/transport/tls.py`). A changed, readable, non-empty file becomes the
-client's credentials at once: the token client sends the new secret from its next request, and
-the listeners `app.main` registers move the cache keys and encryption key along (the credential
-fingerprint follows the secret) and make the token service forget tokens of the old secret. The
-reload is logged with the client and the new fingerprint, never the secret.
+secret file every `SECRET_RELOAD_INTERVAL_SECONDS` (following symlinks, `app/file_stamp.py`)
+sees both, as the TLS certificate reload does (`app/transport/tls.py`). A changed, readable,
+non-empty file becomes the client's credentials at once: the token client sends the new secret
+from its next request, and the listeners `app.main` registers move the cache keys and encryption
+key along (the credential fingerprint follows the secret) and make the token service forget
+tokens of the old secret. The reload is logged with the client and the new fingerprint, never
+the secret.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +22,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from app.config import ClientSettings
+from app.file_stamp import FileStamp, file_stamp
 from app.observability.logs import REDACTOR, log_event
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,6 @@ SECRET_RELOAD_INTERVAL_SECONDS = 2.0
 
 Fingerprint = Callable[[str, str], str]
 """(client_id, secret) -> a short name of the credentials that reveals neither."""
-
-FileStamp = tuple[int, int, int, int] | None  # device, inode, size, mtime; None if unreadable
 
 
 def _no_fingerprint(_client_id: str, _secret: str) -> str:
@@ -63,7 +62,9 @@ class ClientCredentials:
             for name, spec in clients.items()
             if spec.client_secret_file is not None
         }
-        self._stamps: dict[str, FileStamp] = {name: _stamp(p) for name, p in self._files.items()}
+        self._stamps: dict[str, FileStamp] = {
+            name: file_stamp(path) for name, path in self._files.items()
+        }
         self._failed: dict[str, FileStamp] = {}
         self._current = {
             name: self._credentials(spec.client_id, spec.secret()) for name, spec in clients.items()
@@ -102,7 +103,7 @@ class ClientCredentials:
         """Re-read every secret file whose stamp changed; the clients whose secret changed."""
         changed = []
         for client, path in self._files.items():
-            stamp = _stamp(path)
+            stamp = file_stamp(path)
             if stamp is None or stamp in (self._stamps[client], self._failed.get(client)):
                 continue  # unchanged, known bad, or missing for a moment mid-swap
             if self._reload(client, path, stamp):
@@ -157,11 +158,3 @@ class ClientCredentials:
                 self.reload_if_changed()
             except Exception:  # a bug in one round must not stop the reloads for good
                 log.exception("credentials.watch_failed")
-
-
-def _stamp(path: Path) -> FileStamp:
-    try:
-        info = os.stat(path)  # follows symlinks: a swapped ..data link changes the inode
-    except OSError:
-        return None
-    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)

@@ -14,7 +14,8 @@ import redis.asyncio as aioredis
 from pydantic import SecretStr
 
 from app.config import StoreSettings
-from app.store.redis import RedisStore, lua
+from app.store.redis import RedisStore
+from app.store.redis_scripts import lua
 from app.store.sealing import MAX_UPSTREAM_LIFETIME_SECONDS, Sealers, credential_fingerprint
 from app.tokens.model import DiscardOutcome, Token, TokenChange
 from tests.support.redis import RedisServer
