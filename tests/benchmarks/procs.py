@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from app.auth.callers import hash_api_key
-from tests.support.fleet import BrokerProcess, spawn_broker, wait_until_live
+from tests.support.processes import ServerProcess, spawn_broker, wait_until_live
 from tests.support.servers import free_port
 
 EMULATOR_ID = "bench-client"
@@ -144,7 +144,7 @@ def broker_config(
 @contextmanager
 def brokers(
     config: dict[str, Any], directory: Path, count: int = 1, cwd: Path | None = None
-) -> Iterator[list[BrokerProcess]]:
+) -> Iterator[list[ServerProcess]]:
     """`count` broker processes (`token-broker serve`) with `config`, stopped afterwards; `cwd`
     runs another version's `app/` (see `spawn_broker`)."""
     with ExitStack() as stack:
