@@ -10,7 +10,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,30 +26,12 @@ import pytest
 from app.auth.callers import hash_api_key
 from app.cli import main
 from tests.conftest import API_KEYS, EMULATOR_ID, EMULATOR_SECRET, Emulator
+from tests.support.processes import TOKEN_BROKER, clean_env, run_cli
 from tests.support.servers import free_port
 from tests.tomlfile import write_toml
 
-TOKEN_BROKER = str(Path(sys.executable).with_name("token-broker"))
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SECRET = "cli-secret-value-never-printed-4411"
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment without the developer's TOKEN_BROKER_* variables, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKEN_BROKER_")}
-    return {**env, **extra}
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `token-broker ARGS` to completion."""
-    return subprocess.run(
-        [TOKEN_BROKER, *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=env or clean_env(),
-        check=False,
-    )
 
 
 def good_config(token_url: str = "https://auth.example.com/token") -> dict[str, Any]:

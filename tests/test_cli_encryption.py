@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import base64
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,28 +12,11 @@ from app.config import load_settings
 from app.errors import ConfigError
 from app.store.sealing import parse_keyring
 from tests.conftest import EMULATOR_ID, EMULATOR_SECRET
+from tests.support.processes import clean_env, run_cli
 from tests.tomlfile import write_toml
 
-TOKEN_BROKER = str(Path(sys.executable).with_name("token-broker"))
 MATERIAL = base64.b64encode(bytes(range(100, 132))).decode()
 OTHER = base64.b64encode(bytes(range(1, 33))).decode()
-
-
-def clean_env() -> dict[str, str]:
-    """The environment without the developer's TOKEN_BROKER_* variables."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("TOKEN_BROKER_")}
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `token-broker ARGS` to completion."""
-    return subprocess.run(
-        [TOKEN_BROKER, *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=env or clean_env(),
-        check=False,
-    )
 
 
 def good_config() -> dict[str, Any]:

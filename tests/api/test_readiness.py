@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import API_KEYS, Emulator, broker_config
-from tests.support.fleet import BrokerProcess, spawn_broker, wait_until_live
+from tests.support.processes import ServerProcess, running_broker
 from tests.support.redis import RedisServer
 
 HEADERS = {"X-API-Key": API_KEYS["orders"]}
@@ -21,20 +21,20 @@ NOT_READY = {"status": "not_ready", "reason": "store unreachable and no valid to
 HELD = {"status": "ready", "reason": "store unreachable; serving held tokens"}
 
 
-async def ready(http: httpx.AsyncClient, broker: BrokerProcess) -> tuple[int, dict[str, Any]]:
+async def ready(http: httpx.AsyncClient, broker: ServerProcess) -> tuple[int, dict[str, Any]]:
     """GET /health/ready: status code and body."""
     response = await http.get(f"{broker.url}/health/ready")
     return response.status_code, response.json()
 
 
-async def client_state(http: httpx.AsyncClient, broker: BrokerProcess) -> str:
+async def client_state(http: httpx.AsyncClient, broker: ServerProcess) -> str:
     """What the broker's /health says of its `checkout` token: valid, missing or expired."""
     report = (await http.get(f"{broker.url}/health")).json()
     return str(report["clients"]["checkout"]["token"])
 
 
 async def until_ready(
-    http: httpx.AsyncClient, broker: BrokerProcess, timeout: float
+    http: httpx.AsyncClient, broker: ServerProcess, timeout: float
 ) -> tuple[int, dict[str, Any], float]:
     """Poll /health/ready until 200 or `timeout`; the last answer and the seconds it took."""
     started = time.monotonic()
@@ -53,15 +53,11 @@ async def test_starting_without_redis_is_not_ready_until_redis_answers(
     Redis is up it answers 200 by itself, without a restart."""
     own_redis.stop()
     config = broker_config(emulator, {"redis_url": own_redis.url, "key_prefix": "starting"})
-    broker = spawn_broker(config, tmp_path, "broker")
-    try:
-        wait_until_live(broker)
+    with running_broker(config, tmp_path) as broker:
         async with httpx.AsyncClient(timeout=5) as http:
             starting = [await ready(http, broker) for _ in range(3)]
             own_redis.start()
             after = await until_ready(http, broker, timeout=10)
-    finally:
-        broker.stop()
     assert starting == [(503, NOT_READY)] * 3
     assert after[:2] == (200, {"status": "ready"})
     assert (await emulator.stats())["token_requests"] == 0  # readiness asked the upstream nothing
@@ -74,9 +70,7 @@ async def test_redis_down_and_no_valid_token_is_not_ready(
     it has expired (the upstream is down too), ready again when a caller gets a new one."""
     await emulator.configure(token_lifetime=3)
     config = broker_config(emulator, {"redis_url": own_redis.url, "key_prefix": "nothing"})
-    broker = spawn_broker(config, tmp_path, "broker")
-    try:
-        wait_until_live(broker)
+    with running_broker(config, tmp_path) as broker:
         async with httpx.AsyncClient(timeout=5) as http:
             served = await http.get(f"{broker.url}/token", headers=HEADERS)
             with_redis = await ready(http, broker)
@@ -97,8 +91,6 @@ async def test_redis_down_and_no_valid_token_is_not_ready(
                 assert time.monotonic() < deadline, "no token after the upstream came back"
                 await asyncio.sleep(0.2)
             recovered = await ready(http, broker)
-    finally:
-        broker.stop()
     assert served.status_code == 200
     assert with_redis == (200, {"status": "ready"})
     assert valid_without_redis == (200, HELD)

@@ -24,9 +24,10 @@ from limits import RateLimitItemPerSecond
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter, RateLimiter
 
-from tests.benchmarks import fairness, procs
+from tests.benchmarks import deployment, fairness
 from tests.benchmarks.report import Section, percentile, worst_window
 from tests.benchmarks.wrk import run_wrk
+from tests.support import processes
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,9 @@ def broker_acquire(http: httpx.AsyncClient, url: str, max_wait: float) -> Acquir
 
     async def acquire(left: float) -> bool:
         wait = max(0.0, min(max_wait, left))
-        response = await http.post(f"{url}/budget/acquire?wait={wait:.3f}", headers=procs.HEADERS)
+        response = await http.post(
+            f"{url}/budget/acquire?wait={wait:.3f}", headers=deployment.HEADERS
+        )
         if response.status_code == 200:
             return True
         if response.status_code != 429:
@@ -173,17 +176,17 @@ def measure(
         "max_wait_seconds": plan.window + 1,
     }
     roomy = {"limit": 10**6, "window_seconds": 60, "max_wait_seconds": 0}
-    with procs.emulator(directory, "emulator-budget") as upstream:
-        config = procs.broker_config(upstream, redis_url, f"{prefix}b", budget=budget)
-        with procs.brokers(config, directory) as (broker,):
+    with processes.emulator(directory, deployment.CLIENTS, "emulator-budget") as upstream:
+        config = deployment.broker_config(upstream, redis_url, f"{prefix}b", budget=budget)
+        with deployment.brokers(config, directory) as (broker,):
             outcomes = {"broker": asyncio.run(_broker_run(broker.url, plan))}
-        roomy_config = procs.broker_config(upstream, redis_url, f"{prefix}r", budget=roomy)
-        with procs.brokers(roomy_config, directory) as (roomy_broker,):
+        roomy_config = deployment.broker_config(upstream, redis_url, f"{prefix}r", budget=roomy)
+        with deployment.brokers(roomy_config, directory) as (roomy_broker,):
             wrk = run_wrk(
                 f"{roomy_broker.url}/budget/acquire?client=checkout",
                 connections=plan.latency_concurrency,
                 seconds=plan.latency_seconds,
-                headers=procs.HEADERS,
+                headers=deployment.HEADERS,
                 method="POST",
             )
             if not wrk.clean:

@@ -46,8 +46,9 @@ from app.store.sealing import (
 from app.tokens.model import ClientPolicy, Token
 from app.tokens.service import TokenService
 from app.upstream.oauth import UpstreamTokenClient
-from tests.benchmarks import procs
+from tests.benchmarks import deployment
 from tests.benchmarks.report import Section
+from tests.support import processes
 
 TOKEN = "emu_" + "x" * 43  # the emulator's token shape
 
@@ -105,7 +106,7 @@ class CountingSealers(Sealers):
         return sealer
 
     def _counting(self, client: str) -> ClientSealer:
-        inner = build_sealer(client, procs.EMULATOR_ID, procs.EMULATOR_SECRET, ())
+        inner = build_sealer(client, deployment.EMULATOR_ID, deployment.EMULATOR_SECRET, ())
         base = PlainSealer if self.plain else ClientSealer
         owner = self
 
@@ -138,8 +139,8 @@ def clients_of(upstream_url: str, count: int) -> dict[str, ClientSettings]:
     spec = ClientSettings(
         token_url=f"{upstream_url}/auth/realms/Paysera/protocol/openid-connect/token",
         api_base_url=upstream_url,
-        client_id=procs.EMULATOR_ID,
-        client_secret=SecretStr(procs.EMULATOR_SECRET),
+        client_id=deployment.EMULATOR_ID,
+        client_secret=SecretStr(deployment.EMULATOR_SECRET),
         timeout_seconds=5,
     )
     return {f"c{i}": spec for i in range(count)}
@@ -262,7 +263,7 @@ async def _measure(plan: EncryptionPlan, redis_url: str, upstream_url: str, pref
 
 def measure(plan: EncryptionPlan, redis_url: str, directory: Path, prefix: str) -> Section:
     """Run both variants against an emulator process; the section with the ratios."""
-    with procs.emulator(directory, "emulator-encryption") as upstream:
+    with processes.emulator(directory, deployment.CLIENTS, "emulator-encryption") as upstream:
         results = asyncio.run(_measure(plan, redis_url, upstream.url, prefix))
     sealed, plain = results["sealed"], results["plain"]
 

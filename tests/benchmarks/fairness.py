@@ -23,9 +23,10 @@ from typing import Any
 import httpx
 
 from app.auth.callers import hash_api_key
-from tests.benchmarks import procs
+from tests.benchmarks import deployment
 from tests.benchmarks.report import worst_window
 from tests.benchmarks.wrk import run_wrk
+from tests.support import processes
 from tests.support.redis import RedisServer
 
 HEAVY_KEY = "tbk_bench_bulk_key_0000000000000000000000"  # benchmark-only caller key
@@ -69,7 +70,7 @@ async def _contend(
         started = time.monotonic()
         stop_at = started + seconds
         await asyncio.gather(
-            _ask(http, urls[0], procs.HEADERS, stop_at, light, 30),
+            _ask(http, urls[0], deployment.HEADERS, stop_at, light, 30),
             *(_ask(http, urls[i % len(urls)], HEAVY, stop_at, heavy, 30) for i in range(16)),
         )
         return started
@@ -94,12 +95,12 @@ def fairness(plan: FairnessPlan, redis_url: str, directory: Path, prefix: str) -
         "max_wait_seconds": 30,
     }
     rows = []
-    with procs.emulator(directory, "emulator-fair") as upstream:
+    with processes.emulator(directory, deployment.CLIENTS, "emulator-fair") as upstream:
         for heavy_weight in (1.0, 3.0):
-            config = procs.broker_config(
+            config = deployment.broker_config(
                 upstream, redis_url, f"{prefix}{heavy_weight:g}", budget=budget
             )
-            with procs.brokers(_two_callers(config, heavy_weight), directory, 2) as brokers:
+            with deployment.brokers(_two_callers(config, heavy_weight), directory, 2) as brokers:
                 light: list[float] = []
                 heavy: list[float] = []
                 urls = [broker.url for broker in brokers]
@@ -117,9 +118,12 @@ def fairness(plan: FairnessPlan, redis_url: str, directory: Path, prefix: str) -
 def outage(plan: FairnessPlan, directory: Path, prefix: str) -> str:
     """Grants per broker without Redis, after its return, and the worst window."""
     budget = {"limit": 12, "window_seconds": 3, "safety_margin_seconds": 0.5, "max_wait_seconds": 2}
-    with RedisServer() as redis, procs.emulator(directory, "emulator-outage") as upstream:
-        config = procs.broker_config(upstream, redis.url, prefix, budget=budget)
-        with procs.brokers(config, directory, 3) as brokers:
+    with (
+        RedisServer() as redis,
+        processes.emulator(directory, deployment.CLIENTS, "emulator-outage") as upstream,
+    ):
+        config = deployment.broker_config(upstream, redis.url, prefix, budget=budget)
+        with deployment.brokers(config, directory, 3) as brokers:
             granted: dict[int, list[float]] = {0: [], 1: [], 2: []}
 
             async def run() -> tuple[float, float]:
@@ -129,7 +133,12 @@ def outage(plan: FairnessPlan, directory: Path, prefix: str) -> str:
                     load = asyncio.gather(
                         *(
                             _ask(
-                                http, brokers[i % 3].url, procs.HEADERS, stop_at, granted[i % 3], 1
+                                http,
+                                brokers[i % 3].url,
+                                deployment.HEADERS,
+                                stop_at,
+                                granted[i % 3],
+                                1,
                             )
                             for i in range(12)
                         )
@@ -176,18 +185,18 @@ def throughput(plan: FairnessPlan, redis_url: str, directory: Path, prefix: str)
         return "no baseline (git archive failed)"
     roomy = {"limit": 10**6, "window_seconds": 60, "max_wait_seconds": 0}
     rates: dict[str, list[float]] = {"this": [], "baseline": []}
-    with procs.emulator(directory, "emulator-ratio") as upstream:
+    with processes.emulator(directory, deployment.CLIENTS, "emulator-ratio") as upstream:
         for round_ in range(plan.throughput_rounds):
             for name, cwd in (("this", None), ("baseline", baseline)):
-                config = procs.broker_config(
+                config = deployment.broker_config(
                     upstream, redis_url, f"{prefix}{name}{round_}", budget=roomy
                 )
-                with procs.brokers(config, directory, 1, cwd=cwd) as (broker,):
+                with deployment.brokers(config, directory, 1, cwd=cwd) as (broker,):
                     result = run_wrk(
                         f"{broker.url}/budget/acquire?client=checkout",
                         connections=8,
                         seconds=plan.throughput_seconds,
-                        headers=procs.HEADERS,
+                        headers=deployment.HEADERS,
                         method="POST",
                     )
                     if not result.clean:

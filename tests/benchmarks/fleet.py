@@ -19,8 +19,10 @@ from pathlib import Path
 
 import httpx
 
-from tests.benchmarks import procs
+from tests.benchmarks import deployment
 from tests.benchmarks.report import Section
+from tests.support import processes
+from tests.support.processes import ServerProcess
 
 TOKEN_PATH = "/auth/realms/Paysera/protocol/openid-connect/token"
 
@@ -57,8 +59,8 @@ class NaiveCache:
             return self.token
         form = {
             "grant_type": "client_credentials",
-            "client_id": procs.EMULATOR_ID,
-            "client_secret": procs.EMULATOR_SECRET,
+            "client_id": deployment.EMULATOR_ID,
+            "client_secret": deployment.EMULATOR_SECRET,
         }
         data = (await self.http.post(self.token_url, data=form)).raise_for_status().json()
         self.token = str(data["access_token"])
@@ -80,7 +82,7 @@ class BrokerCallers:
     async def get(self, index: int) -> None:
         """One `GET /token` through instance `index % K`."""
         url = f"{self.urls[index % len(self.urls)]}/token?client=checkout"
-        response = await self.http.get(url, headers=procs.HEADERS)
+        response = await self.http.get(url, headers=deployment.HEADERS)
         if response.status_code != 200:
             self.errors.append(f"{response.status_code} {response.text[:100]}")
             return
@@ -97,7 +99,7 @@ async def _caller(get: Callable[[], Awaitable[object]], interval: float, stop_at
 
 
 async def _run(
-    plan: FleetPlan, broker_urls: list[str], naive_upstream: procs.Served
+    plan: FleetPlan, broker_urls: list[str], naive_upstream: ServerProcess
 ) -> tuple[BrokerCallers, list[NaiveCache]]:
     limits = httpx.Limits(max_connections=plan.instances * plan.callers + 10)
     async with httpx.AsyncClient(timeout=10, limits=limits) as http:
@@ -119,19 +121,25 @@ async def _run(
 def measure(plan: FleetPlan, redis_url: str, directory: Path, prefix: str) -> Section:
     """Run the fleet and the naive caches side by side; count upstream token requests."""
     with (
-        procs.emulator(directory, "emulator-fleet", lifetime=plan.lifetime) as fleet_upstream,
-        procs.emulator(directory, "emulator-naive", lifetime=plan.lifetime) as naive_upstream,
+        processes.emulator(
+            directory, deployment.CLIENTS, "emulator-fleet", lifetime=plan.lifetime
+        ) as fleet_upstream,
+        processes.emulator(
+            directory, deployment.CLIENTS, "emulator-naive", lifetime=plan.lifetime
+        ) as naive_upstream,
     ):
-        config = procs.broker_config(fleet_upstream, redis_url, prefix, refresh_buffer=plan.buffer)
-        with procs.brokers(config, directory, plan.instances) as fleet:
+        config = deployment.broker_config(
+            fleet_upstream, redis_url, prefix, refresh_buffer=plan.buffer
+        )
+        with deployment.brokers(config, directory, plan.instances) as fleet:
             urls = [broker.url for broker in fleet]
             for url in urls:  # warm-up: the fleet's first token is not counted
-                httpx.get(f"{url}/token?client=checkout", headers=procs.HEADERS, timeout=10)
-            fleet_before = procs.token_requests(fleet_upstream)
+                httpx.get(f"{url}/token?client=checkout", headers=deployment.HEADERS, timeout=10)
+            fleet_before = deployment.token_requests(fleet_upstream)
             brokers, caches = asyncio.run(_run(plan, urls, naive_upstream))
-            fleet_count = procs.token_requests(fleet_upstream) - fleet_before
+            fleet_count = deployment.token_requests(fleet_upstream) - fleet_before
         # Every naive cache fetched once at its first call: the warm-up, not counted.
-        naive_count = procs.token_requests(naive_upstream) - len(caches)
+        naive_count = deployment.token_requests(naive_upstream) - len(caches)
     if brokers.errors:
         raise RuntimeError(f"broker callers got errors: {brokers.errors[:5]}")
     lifetimes = plan.seconds / plan.lifetime

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import httpx
 
-from tests.benchmarks import procs
+from tests.benchmarks import deployment
 from tests.benchmarks.report import Section, mib
 from tests.benchmarks.wrk import run_wrk
+from tests.support import processes
 
 
 @dataclass(frozen=True)
@@ -24,14 +25,13 @@ class MemoryPlan:
 
 def measure(plan: MemoryPlan, redis_url: str, directory: Path, prefix: str) -> Section:
     """Start a broker, sample RSS idle, under load and after it."""
-    with procs.emulator(directory, "emulator-memory") as upstream:
-        config = procs.broker_config(upstream, redis_url, prefix)
-        with procs.brokers(config, directory) as (broker,):
+    with processes.emulator(directory, deployment.CLIENTS, "emulator-memory") as upstream:
+        config = deployment.broker_config(upstream, redis_url, prefix)
+        with deployment.brokers(config, directory) as (broker,):
             url = f"{broker.url}/token?client=checkout"
-            httpx.get(url, headers=procs.HEADERS, timeout=10).raise_for_status()
+            httpx.get(url, headers=deployment.HEADERS, timeout=10).raise_for_status()
             time.sleep(2)
-            pid = broker.process.pid
-            idle = procs.rss_bytes(pid)
+            idle = broker.rss_kib() * 1024
             samples = []
             requests = 0
             started = time.monotonic()
@@ -40,15 +40,15 @@ def measure(plan: MemoryPlan, redis_url: str, directory: Path, prefix: str) -> S
                     url,
                     connections=plan.connections,
                     seconds=plan.chunk_seconds,
-                    headers=procs.HEADERS,
+                    headers=deployment.HEADERS,
                 )
                 if not result.clean:
                     raise RuntimeError(f"memory load had errors: {result}")
                 requests += result.requests
-                samples.append(procs.rss_bytes(pid))
+                samples.append(broker.rss_kib() * 1024)
             loaded = time.monotonic() - started
             time.sleep(2)
-            after = procs.rss_bytes(pid)
+            after = broker.rss_kib() * 1024
     samples = samples or [idle]
     section = Section(
         "5. Memory: RSS of one broker (Redis store)",

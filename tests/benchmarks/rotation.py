@@ -17,9 +17,11 @@ from pathlib import Path
 
 import httpx
 
-from tests.benchmarks import procs
+from tests.benchmarks import deployment
 from tests.benchmarks.report import Section, median, percentile
 from tests.benchmarks.wrk import Sample, run_wrk_samples
+from tests.support import processes
+from tests.support.processes import ServerProcess
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class RotationPlan:
 
 
 def watch_refreshes(
-    upstream: procs.Served, interval: float, stop: threading.Event, seen: list[float]
+    upstream: ServerProcess, interval: float, stop: threading.Event, seen: list[float]
 ) -> None:
     """Note the time whenever the emulator's token request counter goes up."""
     with httpx.Client(timeout=5) as http:
@@ -73,13 +75,17 @@ def windows(
 
 def measure(plan: RotationPlan, redis_url: str, directory: Path, prefix: str) -> Section:
     """Load one broker through several refreshes; compare p99 around them with steady p99."""
-    with procs.emulator(
-        directory, "emulator-rotation", lifetime=plan.lifetime, latency=plan.upstream_latency
+    with processes.emulator(
+        directory,
+        deployment.CLIENTS,
+        "emulator-rotation",
+        lifetime=plan.lifetime,
+        latency=plan.upstream_latency,
     ) as upstream:
-        config = procs.broker_config(upstream, redis_url, prefix, refresh_buffer=plan.buffer)
-        with procs.brokers(config, directory) as (broker,):
+        config = deployment.broker_config(upstream, redis_url, prefix, refresh_buffer=plan.buffer)
+        with deployment.brokers(config, directory) as (broker,):
             url = f"{broker.url}/token?client=checkout"
-            httpx.get(url, headers=procs.HEADERS, timeout=10).raise_for_status()
+            httpx.get(url, headers=deployment.HEADERS, timeout=10).raise_for_status()
             refreshes: list[float] = []
             stop = threading.Event()
             watcher = threading.Thread(
@@ -88,7 +94,10 @@ def measure(plan: RotationPlan, redis_url: str, directory: Path, prefix: str) ->
             watcher.start()
             try:
                 samples = run_wrk_samples(
-                    url, connections=plan.connections, seconds=plan.seconds, headers=procs.HEADERS
+                    url,
+                    connections=plan.connections,
+                    seconds=plan.seconds,
+                    headers=deployment.HEADERS,
                 )
             finally:
                 stop.set()

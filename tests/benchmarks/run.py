@@ -23,15 +23,16 @@ import httpx
 
 from tests.benchmarks import (
     budget,
+    deployment,
     encryption,
     fairness,
     fleet,
     memory,
-    procs,
     rotation,
     throughput,
 )
 from tests.benchmarks.report import Section
+from tests.support import processes
 from tests.support.redis import RedisServer
 
 RESULTS = Path(".bench/results.md")
@@ -40,7 +41,9 @@ SECTIONS = ("throughput", "fleet", "rotation", "budget", "memory", "encryption")
 
 def warm_body(broker_url: str) -> bytes:
     """The broker's answer to `GET /token` (also fills its L1)."""
-    response = httpx.get(f"{broker_url}/token?client=checkout", headers=procs.HEADERS, timeout=10)
+    response = httpx.get(
+        f"{broker_url}/token?client=checkout", headers=deployment.HEADERS, timeout=10
+    )
     return response.raise_for_status().content
 
 
@@ -51,17 +54,17 @@ def prefix(name: str) -> str:
 
 def run_throughput(redis: RedisServer, work: Path, plan: throughput.ThroughputPlan) -> Section:
     """Section 1: the broker at info and at warning log level, and the bare endpoint."""
-    with procs.emulator(work) as upstream:
-        config = procs.broker_config(upstream, redis.url, prefix("tp"))
-        quiet_config = procs.broker_config(upstream, redis.url, prefix("tq"))
+    with processes.emulator(work, deployment.CLIENTS) as upstream:
+        config = deployment.broker_config(upstream, redis.url, prefix("tp"))
+        quiet_config = deployment.broker_config(upstream, redis.url, prefix("tq"))
         quiet_config["server"]["log_level"] = "warning"
         with (
-            procs.brokers(config, work) as (broker,),
-            procs.brokers(quiet_config, work) as (quiet,),
+            deployment.brokers(config, work) as (broker,),
+            deployment.brokers(quiet_config, work) as (quiet,),
         ):
             body = warm_body(broker.url)
             warm_body(quiet.url)
-            with procs.bare_endpoint(work, body) as bare:
+            with processes.bare_endpoint(work, body, deployment.API_KEY) as bare:
                 targets = throughput.Targets(broker.url, quiet.url, bare.url)
                 section, _ = throughput.measure(targets, plan)
     return section

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tests.benchmarks.procs import HEADERS
+from tests.benchmarks.deployment import HEADERS
 from tests.benchmarks.report import Section
 from tests.benchmarks.wrk import WrkResult, run_wrk
 

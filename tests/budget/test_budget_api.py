@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import API_KEYS, BrokerFactory, Emulator, broker_config
-from tests.support.fleet import fleet
+from tests.support.processes import fleet
 from tests.support.redis import RedisServer
 
 HEADERS = {"X-API-Key": API_KEYS["orders"]}

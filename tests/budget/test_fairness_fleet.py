@@ -15,7 +15,7 @@ import pytest
 from app.auth.callers import hash_api_key
 from tests.budget.test_budget_api import watch_slots, worst_window
 from tests.conftest import API_KEYS, Emulator, broker_config
-from tests.support.fleet import fleet
+from tests.support.processes import fleet
 from tests.support.redis import RedisServer
 
 pytestmark = pytest.mark.fleet

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import API_KEYS, Emulator, broker_config
-from tests.support.fleet import BrokerProcess, fleet
+from tests.support.processes import ServerProcess, fleet
 from tests.support.redis import RedisServer
 
 pytestmark = pytest.mark.fleet
@@ -21,7 +21,7 @@ HEADERS = {"X-API-Key": API_KEYS["orders"]}
 METHODS = "/checkout-project/integration/v1/methods"
 
 
-async def all_ready(http: httpx.AsyncClient, brokers: list[BrokerProcess]) -> bool:
+async def all_ready(http: httpx.AsyncClient, brokers: list[ServerProcess]) -> bool:
     """Whether every broker's /health/ready answers 200."""
     codes = [(await http.get(f"{b.url}/health/ready")).status_code for b in brokers]
     return codes == [200] * len(brokers)
@@ -38,7 +38,7 @@ async def test_redis_restart_under_load_keeps_tokens_flowing_and_the_fleet_recov
     tokens: set[str] = set()
     stop = asyncio.Event()
 
-    async def caller(http: httpx.AsyncClient, broker: BrokerProcess) -> None:
+    async def caller(http: httpx.AsyncClient, broker: ServerProcess) -> None:
         while not stop.is_set():
             response = await http.get(f"{broker.url}/token", headers=HEADERS)
             statuses[response.status_code] += 1

@@ -27,9 +27,9 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import API_KEYS
-from tests.reliability.live import emulator_process, live_config
-from tests.support.fleet import BrokerProcess, fleet
+from tests.conftest import API_KEYS, EMULATOR_ID, EMULATOR_SECRET
+from tests.reliability.live import live_config
+from tests.support.processes import ServerProcess, emulator, fleet
 from tests.support.redis import RedisServer
 
 TOKEN_LIFETIME = 60.0
@@ -45,14 +45,6 @@ def out(line: str) -> None:
     """Print one line at once (the soak runs for minutes)."""
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
-
-
-def rss_kib(pid: int) -> int:
-    """Resident set size of a process, KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 def open_fds(pid: int) -> int:
@@ -81,13 +73,12 @@ class Sample:
     redis_clients: int
 
 
-def sample(brokers: list[BrokerProcess], redis: RedisServer, started: float) -> Sample:
+def sample(brokers: list[ServerProcess], redis: RedisServer, started: float) -> Sample:
     """RSS and fds of every broker, and Redis' client count, now."""
-    pids = [b.process.pid for b in brokers]
     return Sample(
         round(time.monotonic() - started),
-        [rss_kib(pid) for pid in pids],
-        [open_fds(pid) for pid in pids],
+        [b.rss_kib() for b in brokers],
+        [open_fds(b.process.pid) for b in brokers],
         redis_clients(redis.port),
     )
 
@@ -186,7 +177,7 @@ def config(emulator_url: str, redis: RedisServer) -> dict[str, Any]:
     return settings
 
 
-async def drive(brokers: list[BrokerProcess], redis: RedisServer, seconds: float) -> int:
+async def drive(brokers: list[ServerProcess], redis: RedisServer, seconds: float) -> int:
     """Run the load for `seconds`; print samples and the summary; return the exit status."""
     tally = Tally()
     load = Load(tally)
@@ -228,7 +219,7 @@ async def drive(brokers: list[BrokerProcess], redis: RedisServer, seconds: float
 
 
 def summarise(
-    tally: Tally, samples: list[Sample], elapsed: float, brokers: list[BrokerProcess]
+    tally: Tally, samples: list[Sample], elapsed: float, brokers: list[ServerProcess]
 ) -> int:
     """Print the summary; 1 if there was an error or a leak."""
     start, middle, end = samples[0], samples[1], samples[-1]
@@ -263,11 +254,13 @@ def main() -> int:
     directory = Path(tempfile.mkdtemp(prefix="tb-soak-"))
     with (
         RedisServer() as redis,
-        emulator_process(directory, token_lifetime=TOKEN_LIFETIME) as emulator_url,
-        fleet(config(emulator_url, redis), directory) as brokers,
+        emulator(
+            directory, {EMULATOR_ID: EMULATOR_SECRET}, lifetime=TOKEN_LIFETIME, rate_limit=100_000
+        ) as upstream,
+        fleet(config(upstream.url, redis), directory) as brokers,
     ):
         out(f"soaking for {seconds:.0f} s; logs in {directory}")
         status = asyncio.run(drive(brokers, redis, seconds))
-        upstream = httpx.get(f"{emulator_url}/_emulator/stats").json()
+        upstream = httpx.get(f"{upstream.url}/_emulator/stats").json()
         out(f"emulator: {upstream}")
         return status

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import Emulator, broker_config
 from tests.support.failover_drill import DataNode, Drill
-from tests.support.fleet import fleet
+from tests.support.processes import fleet
 from tests.support.redis_topologies import ClusterSetup
 
 pytestmark = pytest.mark.fleet

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from tests.conftest import API_KEYS, Emulator, broker_config
-from tests.support.fleet import BrokerProcess, fleet
+from tests.support.processes import ServerProcess, fleet
 from tests.support.redis import RedisServer
 
 pytestmark = pytest.mark.fleet
@@ -34,7 +34,7 @@ def client() -> httpx.AsyncClient:
 
 
 async def get_tokens(
-    http: httpx.AsyncClient, brokers: list[BrokerProcess], count: int
+    http: httpx.AsyncClient, brokers: list[ServerProcess], count: int
 ) -> list[httpx.Response]:
     """`count` concurrent GET /token spread round-robin over the brokers."""
     return await asyncio.gather(
@@ -93,7 +93,7 @@ async def test_rotation_under_load_never_serves_inside_the_buffer(
     run_seconds = 10.0
     seen: list[tuple[int, int]] = []
 
-    async def caller(http: httpx.AsyncClient, broker: BrokerProcess) -> None:
+    async def caller(http: httpx.AsyncClient, broker: ServerProcess) -> None:
         deadline = time.monotonic() + run_seconds
         while time.monotonic() < deadline:
             response = await http.get(f"{broker.url}/token", headers=HEADERS)

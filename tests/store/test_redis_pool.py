@@ -23,7 +23,7 @@ from app.services import Services
 from app.store.redis import RedisStore
 from tests.conftest import API_KEYS, Emulator, broker_config
 from tests.observability.prom import parse
-from tests.support.fleet import spawn_broker, wait_until_live
+from tests.support.processes import running_broker
 from tests.support.redis import RedisServer
 from tests.support.servers import serve_app
 
@@ -202,16 +202,12 @@ async def test_2000_concurrent_requests_never_exceed_max_connections(
     store |= {"pool_timeout_seconds": 60, "socket_timeout_seconds": 30}
     store["connect_timeout_seconds"] = 30
     config = broker_config(emulator, store, budget={"limit": 100_000})
-    broker = spawn_broker(config, tmp_path, "broker")
-    try:
-        wait_until_live(broker)
+    with running_broker(config, tmp_path) as broker:
         idle = client_count(own_redis.port)
         with ClientSampler(own_redis.port) as sampler:
             statuses = await asyncio.gather(*(acquire(broker.port) for _ in range(BURST)))
         async with httpx.AsyncClient(base_url=broker.url, timeout=10) as http:
             metrics = parse((await http.get("/metrics")).text)
-    finally:
-        broker.stop()
     assert statuses == [200] * BURST
     assert metrics.value("token_broker_store_pool_exhausted_total") == 0
     assert len(sampler.samples) > 10  # sampled throughout the burst

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import Emulator, broker_config
 from tests.support.failover_drill import DataNode, Drill
-from tests.support.fleet import fleet
+from tests.support.processes import fleet
 from tests.support.redis_topologies import PASSWORD, SERVICE, SentinelSetup
 
 pytestmark = pytest.mark.fleet

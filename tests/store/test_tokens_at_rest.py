@@ -11,8 +11,7 @@ import re
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import redis.asyncio as aioredis
 
 from app.store.sealing import new_key_line
 from tests.conftest import API_KEYS, EMULATOR_ID, EMULATOR_SECRET, Emulator, broker_config
-from tests.support.fleet import BrokerProcess, spawn_broker, wait_until_live
+from tests.support.processes import ServerProcess, running_broker, running_brokers
 from tests.support.redis import RedisServer
 from tests.support.sealed import client_key
 from tests.support.secret_volume import SecretVolume
@@ -36,36 +35,14 @@ PAYOUTS_ID, PAYOUTS_SECRET = "payouts-id", "payouts-secret-value-5678"  # test-o
 NEW_SECRET = "checkout-secret-rotated-9876"  # test-only
 
 
-@contextmanager
-def running(config: dict[str, Any], directory: Path, name: str) -> Iterator[BrokerProcess]:
-    """One broker process with `config`, live; stopped on the way out."""
-    with running_together(directory, (config, name)) as (broker,):
-        yield broker
-
-
-@contextmanager
-def running_together(
-    directory: Path, *specs: tuple[dict[str, Any], str]
-) -> Iterator[list[BrokerProcess]]:
-    """Broker processes of these (config, name) pairs, started at once, all live."""
-    brokers = [spawn_broker(config, directory, name) for config, name in specs]
-    try:
-        for broker in brokers:
-            wait_until_live(broker)
-        yield brokers
-    finally:
-        for broker in brokers:
-            broker.stop()
-
-
-async def token(http: httpx.AsyncClient, broker: BrokerProcess, client: str = "checkout") -> str:
+async def token(http: httpx.AsyncClient, broker: ServerProcess, client: str = "checkout") -> str:
     """GET /token from `broker`: must be 200."""
     response = await http.get(f"{broker.url}/token?client={client}", headers=BILLING)
     assert response.status_code == 200, response.text
     return str(response.json()["access_token"])
 
 
-async def invalidate(http: httpx.AsyncClient, broker: BrokerProcess, old: str) -> str:
+async def invalidate(http: httpx.AsyncClient, broker: ServerProcess, old: str) -> str:
     """Report `old` to `broker`; the fresh token it answers with."""
     response = await http.post(
         f"{broker.url}/token/invalidate", json={"client": "checkout", "access_token": old},
@@ -134,7 +111,7 @@ async def test_no_token_or_secret_is_readable_in_redis_or_its_command_stream(
         monitor = subprocess.Popen(["redis-cli", "-p", str(own_redis.port), "monitor"], stdout=out)
     try:
         await asyncio.sleep(0.3)  # MONITOR is listening
-        with running_together(tmp_path, (config, "a"), (config, "b")) as (a, b):
+        with running_brokers(tmp_path, (config, "a"), (config, "b")) as (a, b):
             async with httpx.AsyncClient(timeout=10) as http:
                 first = await token(http, a, "checkout")
                 payouts = await token(http, b, "payouts")
@@ -176,16 +153,16 @@ async def test_a_changed_client_keeps_nothing_from_the_old_credentials(
     store = {"redis_url": redis_server.url, "key_prefix": f"c{uuid.uuid4().hex[:8]}"}
     old_config = broker_config(emulator, store)
     new_config = broker_config(emulator, store, clients_patch=change)
-    with running(old_config, tmp_path, "old") as old:
+    with running_broker(old_config, tmp_path, "old") as old:
         async with httpx.AsyncClient(timeout=10) as http:
             old_token = await token(http, old)
             new_id = change.get("client_id", EMULATOR_ID)
             await emulator.configure(clients={new_id: change["client_secret"]})
-            with running(new_config, tmp_path, "new") as new:
+            with running_broker(new_config, tmp_path, "new") as new:
                 new_token = await token(http, new)
                 assert await requests_made(emulator) == 2
                 assert await token(http, old) == old_token  # not replaced in its generation
-            with running_together(tmp_path, (old_config, "old2"), (new_config, "new2")) as (
+            with running_brokers(tmp_path, (old_config, "old2"), (new_config, "new2")) as (
                 old2,
                 new2,
             ):
@@ -250,12 +227,12 @@ async def test_a_tampered_entry_is_never_served_and_a_fresh_instance_gets_a_work
         httpx.AsyncClient(timeout=10) as http,
         aioredis.Redis.from_url(redis_server.url) as redis,
     ):
-        with running(config, tmp_path, "first") as first:
+        with running_broker(config, tmp_path, "first") as first:
             stored_token = await token(http, first)
         value = await redis.hget(key, field)
         assert value is not None
         await redis.hset(key, field, tamper(value))
-        with running(config, tmp_path, "fresh") as fresh:
+        with running_broker(config, tmp_path, "fresh") as fresh:
             served = await token(http, fresh)
             metrics = (await http.get(f"{fresh.url}/metrics")).text
             health = await http.get(f"{fresh.url}/health")
@@ -311,15 +288,15 @@ async def test_a_keyring_rotation_loses_no_cached_token(
         httpx.AsyncClient(timeout=10) as http,
         aioredis.Redis.from_url(redis_server.url) as redis,
     ):
-        with running(base, tmp_path, "derived") as derived:
+        with running_broker(base, tmp_path, "derived") as derived:
             t0 = await token(http, derived)
         assert await sealed_with(redis, prefix) == "derived"
-        with running(with_ring(k1), tmp_path, "ring1") as ring1:
+        with running_broker(with_ring(k1), tmp_path, "ring1") as ring1:
             assert await token(http, ring1) == t0  # the derived key still decrypts
             t1 = await invalidate(http, ring1, t0)
         assert await sealed_with(redis, prefix) == "k1"
         asked = await requests_made(emulator)
-        with running_together(
+        with running_brokers(
             tmp_path, (with_ring(k1, k2), "step1"), (with_ring(k2, k1), "step2")
         ) as (step1, step2):
             assert await token(http, step1) == t1
@@ -330,7 +307,7 @@ async def test_a_keyring_rotation_loses_no_cached_token(
             assert await sealed_with(redis, prefix) == "k2"
             await asyncio.sleep(1.0)  # step1's L1 re-reads the store
             assert await token(http, step1) == t2  # still on [k1, k2]: decrypts k2
-        with running(with_ring(k2), tmp_path, "step3") as step3:
+        with running_broker(with_ring(k2), tmp_path, "step3") as step3:
             assert await token(http, step3) == t2
         logs = "".join(p.read_text() for p in tmp_path.glob("*.log"))
     assert await requests_made(emulator) == asked + 1  # t2 only
@@ -357,7 +334,7 @@ async def test_a_rewritten_client_secret_file_is_picked_up_without_a_restart(
         del client["client_secret"]
         client["client_secret_file"] = str(volume.path)
     async with httpx.AsyncClient(timeout=10) as http:
-        with running(config, tmp_path, "broker") as broker:
+        with running_broker(config, tmp_path, "broker") as broker:
             old = await token(http, broker)
             await emulator.configure(clients={EMULATOR_ID: NEW_SECRET})
             volume.update(NEW_SECRET)

@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from tests.conftest import API_KEYS, Emulator
-from tests.support.fleet import BrokerProcess
+from tests.support.processes import ServerProcess
 
 HEADERS = {"X-API-Key": API_KEYS["orders"]}
 
@@ -106,7 +106,7 @@ async def _watch(node: DataNode, key: str, slots: dict[str, float], stop: asynci
 class Drill:
     """The load, the failover and the figures."""
 
-    brokers: list[BrokerProcess]
+    brokers: list[ServerProcess]
     emulator: Emulator
     nodes: list[DataNode]
     grants_key: str

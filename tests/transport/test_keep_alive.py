@@ -13,15 +13,14 @@ import socket
 import ssl
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import h11
-import httpx
 import trustme
 
-from tests.support.fleet import BrokerProcess, spawn_broker
+from tests.support.processes import running_brokers
 from tests.support.servers import free_port
 from tests.support.tls import LOOPBACK, client_context
 
@@ -73,36 +72,18 @@ def config(server: dict[str, Any]) -> dict[str, Any]:
     return {"server": server, "clients": {"checkout": client}}
 
 
-def wait_live(broker: BrokerProcess, ops_port: int, timeout: float = 30) -> None:
-    """Poll /health/live on the plain-HTTP ops port until it answers 200."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if broker.process.poll() is not None:
-            raise AssertionError(f"the broker exited:\n{broker.log()}")
-        try:
-            if httpx.get(f"http://{LOOPBACK}:{ops_port}/health/live", timeout=0.5).is_success:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the broker did not start:\n{broker.log()}")
-        time.sleep(0.05)
-
-
 @contextmanager
 def brokers(tmp_path: Path, servers: dict[str, dict[str, Any]]) -> Iterator[dict[str, Any]]:
     """One `token-broker serve` per [server] table (each gets an ops port), all started at once;
     yields name -> (process, main port, ops port)."""
-    with ExitStack() as stack:
-        running = {}
-        for name, server in servers.items():
-            ops_port = free_port()
-            broker = spawn_broker(config({**server, "ops_port": ops_port}), tmp_path, name)
-            stack.callback(broker.stop)
-            running[name] = (broker, broker.port, ops_port)
-        for broker, _, ops_port in running.values():
-            wait_live(broker, ops_port)
-        yield running
+    specs = [
+        (config({**server, "ops_port": free_port()}), name) for name, server in servers.items()
+    ]
+    with running_brokers(tmp_path, *specs) as started:
+        yield {
+            name: (broker, broker.port, broker.ops_port)
+            for name, broker in zip(servers, started, strict=True)
+        }
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from app.config import ServerSettings
 from app.transport.limits import MAX_BODY_BYTES, HeadLimits
 from tests.conftest import API_KEYS
 from tests.observability.prom import Scrape, parse
-from tests.support.fleet import BrokerProcess, spawn_broker, wait_until_live
+from tests.support.processes import ServerProcess, running_broker
 
 NOWHERE = "http://127.0.0.1:9"  # the upstream is never asked
 LIMITS = {"max_target_bytes": 2048, "max_header_bytes": 8192, "max_headers": 20}
@@ -35,7 +35,7 @@ def test_defaults_are_todays_limits() -> None:
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A broker process with small request limits, one caller and no reachable upstream."""
     client = {"token_url": f"{NOWHERE}/token", "api_base_url": NOWHERE}
     client |= {"client_id": "checkout-id", "client_secret": "limits-test-secret"}
@@ -44,15 +44,11 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
         "clients": {"checkout": client},
         "callers": {"orders": {"api_key_sha256": hash_api_key(KEY), "clients": ["checkout"]}},
     }
-    process = spawn_broker(config, tmp_path_factory.mktemp("limits"), "broker")
-    try:
-        wait_until_live(process)
+    with running_broker(config, tmp_path_factory.mktemp("limits")) as process:
         yield process
-    finally:
-        process.stop()
 
 
-def raw(broker: BrokerProcess, request: bytes) -> tuple[int, str | None]:
+def raw(broker: ServerProcess, request: bytes) -> tuple[int, str | None]:
     """Send one raw request on a fresh connection; the answer's status and, for a contract
     error (`{"error", "error_description"}`, checked here), its error code."""
     with socket.create_connection(("127.0.0.1", broker.port), timeout=10) as sock:
@@ -90,18 +86,18 @@ def request(target: str, *headers: str, method: str = "GET", body: bytes = b"") 
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-def scrape(broker: BrokerProcess) -> Scrape:
+def scrape(broker: ServerProcess) -> Scrape:
     """The broker's /metrics, parsed."""
     return parse(httpx.get(f"{broker.url}/metrics", timeout=5).text)
 
 
-def request_lines(broker: BrokerProcess) -> list[dict[str, Any]]:
+def request_lines(broker: ServerProcess) -> list[dict[str, Any]]:
     """The broker's `http.request` log lines so far."""
     lines = [json.loads(line) for line in broker.log().splitlines() if line.startswith("{")]
     return [line for line in lines if line.get("event") == "http.request"]
 
 
-def test_configured_limits_are_the_ones_applied(broker: BrokerProcess) -> None:
+def test_configured_limits_are_the_ones_applied(broker: ServerProcess) -> None:
     """Requests just under each configured limit pass; just over it they get the contract's
     refusal (the defaults would have let all of them through)."""
     pad = "/health/live?pad="
@@ -132,7 +128,7 @@ def test_configured_limits_are_the_ones_applied(broker: BrokerProcess) -> None:
     assert answers["body over"] == (413, "request_too_large")
 
 
-def test_refused_requests_are_logged_and_counted_like_any_other(broker: BrokerProcess) -> None:
+def test_refused_requests_are_logged_and_counted_like_any_other(broker: ServerProcess) -> None:
     """Each refusal before routing (414, 431, 400, 413 by Content-Length) adds one
     `http_requests_total` sample of its status class and one `http.request` line with the
     error code as its outcome."""

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -16,6 +12,7 @@ import trustme
 
 from tests.conftest import API_KEYS, Emulator, broker_config
 from tests.contract import assert_error, assert_token
+from tests.support.processes import spawn_broker, wait_until_live
 from tests.support.servers import free_port
 from tests.support.tls import (
     CALLERS,
@@ -28,7 +25,6 @@ from tests.support.tls import (
     serve_broker,
     server_files,
 )
-from tests.tomlfile import write_toml
 
 
 async def test_ops_port_serves_only_health_and_metrics_over_plain_http(
@@ -80,50 +76,27 @@ async def test_serve_process_uses_mtls_ops_port_and_stops_on_sigterm(
     server_ca, client_ca = trustme.CA(), trustme.CA()
     files = server_files(tmp_path, server_ca, client_ca)
     cert = issue_client_cert(client_ca, tmp_path / "orders.pem", common_name="orders")
-    port, ops_port = free_port(), free_port()
+    ops_port = free_port()
     server = {
         "tls_cert_file": str(files.cert),
         "tls_key_file": str(files.key),
         "tls_client_ca_file": str(files.client_ca),
         "ops_port": ops_port,
     }
-    config_path = write_toml(
-        tmp_path / "broker.toml", broker_config(emulator, {}, server=server, callers=CALLERS)
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKEN_BROKER_")}
-    command = [sys.executable, "-m", "app", "serve", "--config", str(config_path)]
-    log_path = tmp_path / "broker.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [*command, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env
-        )
+    config = broker_config(emulator, {}, server=server, callers=CALLERS)
+    broker = spawn_broker(config, tmp_path, "broker")
+    port = broker.port
     try:
+        wait_until_live(broker)  # on the ops port: the main one wants a client certificate
         async with plain_http(f"http://{LOOPBACK}:{ops_port}") as ops:
-            await _wait_live(ops, process, log_path)
             async with httpx.AsyncClient(verify=client_context(server_ca, cert), timeout=5) as http:
                 assert_token(await http.get(f"https://{LOOPBACK}:{port}/token"))
             assert_error(await ops.get("/token"), 404, "not_found")
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(process.wait, 15) == 0, log_path.read_text()
+        broker.process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(broker.process.wait, 15) == 0, broker.log()
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=5)
+        broker.stop()
     async with plain_http(f"http://{LOOPBACK}") as http:
         for closed in (port, ops_port):
             with pytest.raises(httpx.ConnectError):
                 await http.get(f"http://{LOOPBACK}:{closed}/health/live")
-
-
-async def _wait_live(ops: httpx.AsyncClient, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the broker exited:\n{log.read_text()}")
-        try:
-            if (await ops.get("/health/live")).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"the broker never answered on its ops port:\n{log.read_text()}")

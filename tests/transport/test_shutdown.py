@@ -12,7 +12,7 @@ import httpx
 
 from app.auth.callers import hash_api_key
 from tests.conftest import API_KEYS, EMULATOR_ID, EMULATOR_SECRET, Emulator
-from tests.support.fleet import spawn_broker, wait_until_live
+from tests.support.processes import running_broker
 
 CLIENTS = [f"client{i}" for i in range(10)]
 UPSTREAM_LATENCY = 3.0  # seconds each forced refresh waits on the emulator
@@ -49,9 +49,7 @@ async def test_sigterm_during_ten_forced_refreshes_answers_all_and_exits_0(
 ) -> None:
     """SIGTERM while 10 forced refreshes wait on a slow upstream: new connections are refused at
     once, all 10 callers still get 200 with a new token, and the process exits 0."""
-    broker = spawn_broker(ten_clients(emulator), tmp_path, "broker")
-    try:
-        wait_until_live(broker)
+    with running_broker(ten_clients(emulator), tmp_path) as broker:
         async with httpx.AsyncClient(base_url=broker.url, timeout=30) as http:
             old = {}
             for name in CLIENTS:
@@ -81,8 +79,6 @@ async def test_sigterm_during_ten_forced_refreshes_answers_all_and_exits_0(
             in_flight_when_closed = sum(not task.done() for task in refreshes)
             answers = await asyncio.gather(*refreshes)
         code = await asyncio.to_thread(broker.process.wait, 30)
-    finally:
-        broker.stop()
     assert in_flight_when_closed == len(CLIENTS)
     assert [answer.status_code for answer in answers] == [200] * len(CLIENTS)
     new = {

@@ -18,7 +18,7 @@ from app.errors import InvalidRequest
 from app.upstream.proxy import checked_path, forwarded_request_headers
 from tests.conftest import API_KEYS, BrokerFactory, Emulator, broker_config
 from tests.contract import assert_error, assert_token
-from tests.support.fleet import fleet
+from tests.support.processes import fleet
 from tests.support.servers import bound_socket, free_port, serve_app
 
 HEADERS = {"X-API-Key": API_KEYS["orders"]}
@@ -298,14 +298,6 @@ async def test_upstream_timeout_is_504_and_refused_connection_503(
     assert refused.status_code == 503 and refused.json()["error"] == "upstream_unavailable"
 
 
-def rss_kib(pid: int) -> int:
-    """Resident set size of a process."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 async def test_20mb_bodies_pass_through_with_flat_memory(
     emulator: Emulator, redis_server: object, tmp_path: Path
 ) -> None:
@@ -322,7 +314,7 @@ async def test_20mb_bodies_pass_through_with_flat_memory(
     with fleet(config, tmp_path, size=1) as (broker,):
         async with httpx.AsyncClient(base_url=broker.url, timeout=60) as http:
             await http.get(METHODS, headers=HEADERS)
-            before = rss_kib(broker.process.pid)
+            before = broker.rss_kib()
             echo = await http.post(ECHO, headers=HEADERS, content=upload())
             downloaded = 0
             async with http.stream(
@@ -332,7 +324,7 @@ async def test_20mb_bodies_pass_through_with_flat_memory(
             ) as response:
                 async for part in response.aiter_bytes():
                     downloaded += len(part)
-            after = rss_kib(broker.process.pid)
+            after = broker.rss_kib()
     assert echo.json()["body_bytes"] == size and echo.json()["body_sha256"] == expected
     assert downloaded == size
     assert after - before < 8 * 1024, f"RSS grew by {after - before} KiB"
