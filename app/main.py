@@ -37,6 +37,7 @@ from app.store.sealing import Key, Sealers, credential_fingerprint, parse_keyrin
 from app.tokens.model import ClientPolicy
 from app.tokens.service import TokenService
 from app.transport.limits import REFUSAL_HOOK_STATE
+from app.transport.quick import QUICK_ANSWER_STATE
 from app.upstream.credentials import ClientCredentials, Credentials
 from app.upstream.oauth import UpstreamTokenClient
 from app.upstream.proxy import UpstreamProxy
@@ -228,7 +229,7 @@ async def open_services(
 
 def create_app(
     settings: Settings, *, clock: Clock = SYSTEM_CLOCK, span_exporter: SpanExporter | None = None
-) -> FastAPI:
+) -> BrokerApp:
     """The broker's ASGI app for `settings`; `span_exporter` replaces the OTLP exporter of a
     configured `[tracing]` (the tests pass an in-memory one)."""
     metrics = BrokerMetrics(settings.clients, settings.callers, clock=clock)
@@ -273,4 +274,6 @@ def create_app(
         tracing.instrument_app(app)  # every request gets its span: no warm path around it
     else:
         app.warm_path = WarmTokenPath(settings.clients, request_log)
+        # Under BrokerServer the HTTP protocol itself answers warm GET /token (no ASGI task).
+        setattr(app.state, QUICK_ANSWER_STATE, app.quick_answers)
     return app

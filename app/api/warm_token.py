@@ -16,27 +16,31 @@ metrics.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
-from app.api.token_answer import TokenAnswer, TokenAnswers
+from app.api.token_answer import TokenAnswers
 from app.auth.xfcc import XFCC_HEADER
 from app.errors import BrokerError
 from app.observability.logs import request_id
 from app.observability.request_log import REQUEST_ID_HEADER, RequestLog, incoming_request_id
 from app.services import Services
 from app.transport.certificates import PEER_CERT
+from app.transport.quick import QuickAnswer
 
 TOKEN_ROUTE = "/token"
 _API_KEY = b"x-api-key"
 _XFCC = XFCC_HEADER.encode()
 
 
+Headers = list[tuple[bytes, bytes]]
+
+
 class WarmTokenPath:
-    """Answers warm `GET /token` requests from L1; says whether it did."""
+    """Answers warm `GET /token` requests from L1: the answer's headers and body, or None."""
 
     def __init__(self, clients: Iterable[str], request_log: RequestLog) -> None:
         # The only query strings served here; any other (a typo, extra or repeated parameters,
@@ -45,42 +49,47 @@ class WarmTokenPath:
         self._queries |= {f"client={name}".encode(): name for name in clients}
         self._request_log = request_log
 
-    async def answered(self, scope: Scope, send: Send) -> bool:
-        """Send the answer if this request can be served from L1 with a 200."""
+    def answer(self, scope: Scope, state: Mapping[str, Any] | None) -> tuple[Headers, bytes] | None:
+        """The 200 answer to the `GET /token` of `scope` if L1 holds it, logged and counted;
+        None for anything else. `state` is the lifespan's (the services)."""
         started = time.perf_counter()
         query = scope["query_string"]
-        if query not in self._queries:
-            return False
-        state: dict[str, Any] | None = scope.get("state")
+        if query not in self._queries or not state:
+            return None
         api_key = _api_key(scope)
-        if not state or api_key is None:
-            return False
+        if api_key is None:
+            return None
         services: Services = state["services"]
         try:
             caller = services.auth.authenticate(api_key=api_key, identities=None)
             client = services.auth.authorize(caller, self._queries[query])
         except BrokerError:
-            return False  # the route answers the error, with its log line and metrics
+            return None  # the route answers the error, with its log line and metrics
         token = services.tokens.peek(client)
         if token is None:
-            return False
+            return None
         rid = incoming_request_id(scope)
         context = request_id.set(rid)  # for the token.issued line
         try:
             answers: TokenAnswers = state["token_answers"]
             answer = answers.issue(caller.name, client, token, services.clock.time())
-            await _send(send, answer, rid)
         finally:
             request_id.reset(context)
+        headers = [*answer.headers, (REQUEST_ID_HEADER, rid.encode("latin-1"))]
         seconds = time.perf_counter() - started
         self._request_log.record(TOKEN_ROUTE, "GET", 200, seconds, caller.name, client)
-        return True
+        return headers, answer.body
 
+    def quick_answer(self, state: Mapping[str, Any]) -> QuickAnswer:
+        """The HTTP protocol's hook (`app.transport.quick.QuickAnswer`) over the lifespan
+        `state`: what it returns is sent without starting the app at all."""
 
-async def _send(send: Send, answer: TokenAnswer, rid: str) -> None:
-    headers = [*answer.headers, (REQUEST_ID_HEADER, rid.encode("latin-1"))]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": answer.body})
+        def quick(scope: Scope) -> tuple[Headers, bytes] | None:
+            if scope["path"] != TOKEN_ROUTE or scope["method"] != "GET":
+                return None
+            return self.answer(scope, state)
+
+        return quick
 
 
 def _api_key(scope: Scope) -> str | None:
@@ -100,18 +109,34 @@ def _api_key(scope: Scope) -> str | None:
 
 
 class BrokerApp(FastAPI):
-    """The broker's FastAPI app, with the warm token path in front of its middleware."""
+    """The broker's FastAPI app, with the warm token path in front of its middleware.
+
+    Under `BrokerServer` the HTTP protocol asks the warm path itself (`quick_answers`), before
+    any ASGI task starts, and the app no longer does; under any other ASGI server the app asks
+    it first thing."""
 
     warm_path: WarmTokenPath | None = None
+    _protocol_asks = False
+
+    def quick_answers(self, state: Mapping[str, Any]) -> QuickAnswer:
+        """The warm path as the HTTP protocol's hook (`app.transport.quick`), over the
+        lifespan `state`; from now on the protocol asks it instead of this app."""
+        assert self.warm_path is not None
+        self._protocol_asks = True
+        return self.warm_path.quick_answer(state)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve a warm `GET /token` at once; everything else through FastAPI."""
         if (
             self.warm_path is not None
+            and not self._protocol_asks
             and scope["type"] == "http"
             and scope["path"] == TOKEN_ROUTE
             and scope["method"] == "GET"
-            and await self.warm_path.answered(scope, send)
+            and (answer := self.warm_path.answer(scope, scope.get("state"))) is not None
         ):
+            headers, body = answer
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
             return
         await super().__call__(scope, receive, send)

@@ -266,16 +266,26 @@ def _text(value: Any) -> str:
 class LineWriter:
     """Writes lines to a stream from its own thread, in the order they were put.
 
-    `put` only appends to a queue (and wakes the thread when it sleeps). Should the stream stop
-    taking lines, at most `max_held` wait; later ones are dropped and counted, and the count is
-    written as `log.lines_dropped` once the stream moves again.
+    `put` only appends to a queue. The thread writes what has queued every `interval` seconds,
+    or as soon as `batch` lines wait: one write for many lines, and no thread hand-off per line
+    (waking the thread for each line cost the loop as much as the lines themselves). Should the
+    stream stop taking lines, at most `max_held` wait; later ones are dropped and counted, and
+    the count is written as `log.lines_dropped` once the stream moves again.
     """
 
     def __init__(
-        self, stream: TextIO, dropped_line: Callable[[int], str], max_held: int = 100_000
+        self,
+        stream: TextIO,
+        dropped_line: Callable[[int], str],
+        *,
+        interval: float = 0.02,
+        batch: int = 256,
+        max_held: int = 100_000,
     ) -> None:
         self._stream = stream
         self._dropped_line = dropped_line
+        self._interval = interval
+        self._batch = batch
         self._max_held = max_held
         self._lines: deque[str] = deque()
         self._dropped = 0
@@ -291,7 +301,7 @@ class LineWriter:
             self._dropped += 1
             return
         self._lines.append(line)
-        if not self._wake.is_set():
+        if len(self._lines) == self._batch:
             self._wake.set()
 
     def flush(self) -> None:
@@ -308,7 +318,7 @@ class LineWriter:
 
     def _run(self) -> None:
         while not self._closed:
-            self._wake.wait()
+            self._wake.wait(self._interval)
             self._wake.clear()
             with self._write_lock:
                 self._write_queued()

@@ -24,11 +24,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from app.errors import RequestRefused
 from app.transport.certificates import ClientCertProtocol
 from app.transport.errors import error_body
+from app.transport.quick import QuickAnswer, QuickAnswerProtocol
 from app.transport.writes import CoalescingTransport
 
 MAX_TARGET_BYTES = 16 * 1024
@@ -76,9 +77,9 @@ def refusal_bytes(
     return b"".join(head) + body
 
 
-class LimitedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with the head limits above (`limited_protocol` gives a
-    listener its own limits and refusal hook)."""
+class LimitedHttpToolsProtocol(QuickAnswerProtocol):
+    """uvicorn's httptools protocol with the head limits above and quick answers
+    (`limited_protocol` gives a listener its own limits, refusal hook and quick answers)."""
 
     limits = HeadLimits()
     on_refused: RefusalHook | None = None
@@ -189,10 +190,19 @@ class LimitedClientCertProtocol(LimitedHttpToolsProtocol, ClientCertProtocol):
 
 
 def limited_protocol(
-    limits: HeadLimits, on_refused: RefusalHook | None, *, client_certs: bool = False
+    limits: HeadLimits,
+    on_refused: RefusalHook | None,
+    *,
+    client_certs: bool = False,
+    quick_answer: QuickAnswer | None = None,
 ) -> type[LimitedHttpToolsProtocol]:
-    """A protocol class with `limits` that reports refusals to `on_refused` (uvicorn builds one
-    protocol object per connection from the class, so a listener's settings live on it)."""
+    """A protocol class with `limits` that reports refusals to `on_refused` and offers requests
+    to `quick_answer` (uvicorn builds one protocol object per connection from the class, so a
+    listener's settings live on it)."""
     base = LimitedClientCertProtocol if client_certs else LimitedHttpToolsProtocol
-    attributes = {"limits": limits, "on_refused": staticmethod(on_refused) if on_refused else None}
+    attributes = {
+        "limits": limits,
+        "on_refused": staticmethod(on_refused) if on_refused else None,
+        "quick_answer": staticmethod(quick_answer) if quick_answer else None,
+    }
     return cast(type[LimitedHttpToolsProtocol], type(base.__name__, (base,), attributes))

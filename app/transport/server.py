@@ -48,6 +48,7 @@ from app.transport.limits import (
     RefusalHook,
     limited_protocol,
 )
+from app.transport.quick import QUICK_ANSWER_STATE, QuickAnswer, QuickAnswerFactory
 from app.transport.tls import RELOAD_INTERVAL_SECONDS, ReloadingTlsContext
 
 log = logging.getLogger(__name__)
@@ -215,24 +216,31 @@ class BrokerServer:
         settings: Settings,
         *,
         client_certs: bool = False,
+        quick_answer: QuickAnswer | None = None,
         **extra: Any,
     ) -> uvicorn.Config:
         host = settings.server.host
-        http = limited_protocol(self.limits, self.on_refused, client_certs=client_certs)
+        http = limited_protocol(
+            self.limits, self.on_refused, client_certs=client_certs, quick_answer=quick_answer
+        )
         return uvicorn_config(
             app, host, port, settings, http=http, lifespan="off", ws="none", **extra
         )
 
     def _main_config(self, settings: Settings) -> uvicorn.Config:
         app, port = self._listener_app(), settings.server.port
+        # The app's quick answers (app.transport.quick), over the lifespan state once filled.
+        factory: QuickAnswerFactory | None = getattr(self.app.state, QUICK_ANSWER_STATE, None)
+        quick = factory(self._state) if factory is not None else None
         if self.tls is None:
-            return self._config(app, port, settings)
+            return self._config(app, port, settings, quick_answer=quick)
         tls = self.tls
         return self._config(
             app,
             port,
             settings,
             client_certs=True,
+            quick_answer=quick,
             ssl_context_factory=lambda _config, _default: tls.context,
         )
 

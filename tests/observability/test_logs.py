@@ -131,7 +131,7 @@ def test_a_blocked_stream_drops_lines_beyond_the_bound_and_says_how_many() -> No
     """put() never waits for the stream: past `max_held` queued lines it drops and counts, and
     the count is written once the stream moves again."""
     stream = _Stuck()
-    writer = LineWriter(stream, lambda n: f"dropped {n}", max_held=100)
+    writer = LineWriter(stream, lambda n: f"dropped {n}", batch=1, max_held=100)
     writer.put("first")  # the thread takes it and blocks in write()
     for _ in range(50):
         if not writer._lines:  # wait until the thread holds "first"

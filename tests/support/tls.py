@@ -22,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from starlette.applications import Starlette
 
 from app.auth.callers import hash_api_key
 from app.config import Settings
@@ -165,11 +166,16 @@ class RunningBroker:
 
 @contextlib.asynccontextmanager
 async def serve_broker(
-    config: dict[str, Any], *, with_ops: bool = True, reload_interval: float = 5.0
+    config: dict[str, Any],
+    *,
+    with_ops: bool = True,
+    reload_interval: float = 5.0,
+    app: Starlette | None = None,
 ) -> AsyncIterator[RunningBroker]:
     """Serve a broker built from `config` on free loopback ports, as `token-broker serve` does.
 
-    `config["server"]` gets `host`, `port` (and `ops_port` when `with_ops`) filled in.
+    `config["server"]` gets `host`, `port` (and `ops_port` when `with_ops`) filled in; `app`
+    replaces the app built from `config` (a test that watches part of it).
     """
     main_socket, ops_socket = bound_socket(), bound_socket()
     port, ops_port = main_socket.getsockname()[1], ops_socket.getsockname()[1]
@@ -178,7 +184,8 @@ async def serve_broker(
     if with_ops:
         server_table["ops_port"] = ops_port
     settings = Settings(**{**config, "server": server_table})
-    broker = BrokerServer(settings, create_app(settings), reload_interval=reload_interval)
+    app = create_app(settings) if app is None else app
+    broker = BrokerServer(settings, app, reload_interval=reload_interval)
     task = asyncio.create_task(broker.serve(main_socket, ops_socket if with_ops else None))
     try:
         while not (broker.main.started and (broker.ops is None or broker.ops.started)):
