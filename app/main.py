@@ -213,7 +213,7 @@ async def open_services(
                 started_at=clock.time(),
                 metrics=metrics,
             )
-            metrics.build_info.labels(__version__).set(1)
+            metrics.state.build_info.labels(__version__).set(1)
             watcher = asyncio.create_task(credentials.watch()) if credentials.watched else None
             try:
                 async with heartbeating(store, services.instance, services.version, fleet_view):

@@ -17,27 +17,28 @@ router = APIRouter(tags=["health"])
 async def update_state_gauges(services: Services) -> None:
     """Set the gauges that describe the present: token expiries, store, budget, fleet size."""
     metrics = services.metrics
+    state = metrics.state
     now = services.clock.time()
     for name in services.tokens.clients:
         token = services.tokens.status(name).token
-        metrics.set_expiry(name, None if token is None else token.expires_at - now)
+        state.set_expiry(name, None if token is None else token.expires_at - now)
     store_ok, budget, fleet = await asyncio.gather(
         store_answers(services), budget_report(services), fleet_report(services)
     )
-    metrics.store_up.set(1 if store_ok else 0)
-    metrics.budget_limit.set(budget["limit"])
+    state.store_up.set(1 if store_ok else 0)
+    state.budget_limit.set(budget["limit"])
     if budget["used"] is not None:
-        metrics.budget_used.set(budget["used"])
-        metrics.budget_cooldown.set(budget["cooldown_seconds"])
+        state.budget_used.set(budget["used"])
+        state.budget_cooldown.set(budget["cooldown_seconds"])
     for name, row in budget["callers"].items():
-        metrics.budget_caller_granted.labels(metrics.caller_label(name)).set(row["granted"])
-        metrics.budget_caller_waiting.labels(metrics.caller_label(name)).set(row["waiting"])
-    metrics.budget_token_granted.set(budget["token_requests"]["granted"])
-    metrics.budget_token_waiting.set(budget["token_requests"]["waiting"])
+        state.budget_caller_granted.labels(metrics.caller_label(name)).set(row["granted"])
+        state.budget_caller_waiting.labels(metrics.caller_label(name)).set(row["waiting"])
+    state.budget_token_granted.set(budget["token_requests"]["granted"])
+    state.budget_token_waiting.set(budget["token_requests"]["waiting"])
     share = budget.get("local_share")
-    metrics.budget_local_share.set(share["per_window"] if share else 0)
+    state.budget_local_share.set(share["per_window"] if share else 0)
     if fleet is not None:
-        metrics.fleet_instances.set(fleet["count"])
+        state.fleet_instances.set(fleet["count"])
 
 
 @router.get("/metrics", response_class=Response)

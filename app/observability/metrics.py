@@ -121,7 +121,7 @@ class BrokerMetrics:
         self._http_metrics()
         self._token_metrics()
         self._budget_metrics()
-        self._state_metrics()
+        self.state = StateGauges(self.registry)
         self.tokens = TokenMetrics(self)
         self.budget = BudgetMetrics(self)
 
@@ -247,8 +247,52 @@ class BrokerMetrics:
             registry=r,
         )
 
-    def _state_metrics(self) -> None:
-        r = self.registry
+    # -- labels -------------------------------------------------------------------------------
+
+    def client_label(self, client: str | None) -> str:
+        """A configured client's name, `-` for none, `other` for anything else."""
+        if client is None:
+            return NONE
+        return client if client in self.clients else OTHER
+
+    def caller_label(self, caller: str | None) -> str:
+        """A configured caller's name, `-` for none (unauthenticated), `other` otherwise."""
+        if caller is None:
+            return NONE
+        return caller if caller in self.callers else OTHER
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def http_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one answered HTTP request."""
+        self.per_request.inc(self.http_requests(route, method, status_class(status)))
+        self.http_seconds(route).observe(seconds)
+
+    def token_request(self, client: str | None, caller: str | None, outcome: str) -> None:
+        """Count one token request."""
+        labels = (self.client_label(client), self.caller_label(caller), outcome)
+        self.per_request.inc(self.token_requests(*labels))
+
+    def cache_entry_rejected(self, client: str, reason: str) -> None:
+        """Count one cache entry the store adapter rejected (reasons: `EntryRejected.REASONS`)."""
+        self.cache_rejections(self.client_label(client), reason).inc()
+
+    # -- scrape -------------------------------------------------------------------------------
+
+    def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The registry and its content type: OpenMetrics when `accept` (the request's Accept
+        header) asks for it, else the Prometheus text format 0.0.4."""
+        self.per_request.publish()
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
+
+
+class StateGauges:
+    """The gauges that describe the present (token expiries, store, budget, fleet size): set
+    when /metrics is scraped (`app.api.metrics`), from the services' own reports."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
         self.build_info = Gauge(
             f"{PREFIX}_build_info", "Always 1; the version as a label.", ["version"], registry=r
         )
@@ -313,38 +357,6 @@ class BrokerMetrics:
             f"{PREFIX}_fleet_instances", "Broker instances heartbeating into the store.", registry=r
         )
 
-    # -- labels -------------------------------------------------------------------------------
-
-    def client_label(self, client: str | None) -> str:
-        """A configured client's name, `-` for none, `other` for anything else."""
-        if client is None:
-            return NONE
-        return client if client in self.clients else OTHER
-
-    def caller_label(self, caller: str | None) -> str:
-        """A configured caller's name, `-` for none (unauthenticated), `other` otherwise."""
-        if caller is None:
-            return NONE
-        return caller if caller in self.callers else OTHER
-
-    # -- requests -----------------------------------------------------------------------------
-
-    def http_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        """Count one answered HTTP request."""
-        self.per_request.inc(self.http_requests(route, method, status_class(status)))
-        self.http_seconds(route).observe(seconds)
-
-    def token_request(self, client: str | None, caller: str | None, outcome: str) -> None:
-        """Count one token request."""
-        labels = (self.client_label(client), self.caller_label(caller), outcome)
-        self.per_request.inc(self.token_requests(*labels))
-
-    def cache_entry_rejected(self, client: str, reason: str) -> None:
-        """Count one cache entry the store adapter rejected (reasons: `EntryRejected.REASONS`)."""
-        self.cache_rejections(self.client_label(client), reason).inc()
-
-    # -- scrape -------------------------------------------------------------------------------
-
     def set_expiry(self, client: str, seconds_left: float | None) -> None:
         """Seconds left on `client`'s token; None when this instance holds none."""
         self.token_valid.labels(client).set(1 if seconds_left and seconds_left > 0 else 0)
@@ -356,13 +368,6 @@ class BrokerMetrics:
                     pass
             else:
                 gauge.labels(client).set(max(0.0, seconds_left))
-
-    def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
-        """The registry and its content type: OpenMetrics when `accept` (the request's Accept
-        header) asks for it, else the Prometheus text format 0.0.4."""
-        self.per_request.publish()
-        encoder, content_type = choose_encoder(accept or "")
-        return encoder(self.registry), content_type
 
 
 class TokenMetrics(TokenEvents):
