@@ -17,6 +17,7 @@ not over `limit_concurrency`. The app's composition root supplies the hook
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
@@ -27,10 +28,15 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
+from app.observability.logs import log_event
+
+log = logging.getLogger(__name__)
+
 Headers = list[tuple[bytes, bytes]]
 QuickAnswer = Callable[[Scope], tuple[Headers, bytes] | None]
 """`hook(scope)` -> (headers, body) of a 200 to send now, or None: the app serves it. Called on
-the event loop inside the protocol: it must not block or raise."""
+the event loop inside the protocol: it must not block; should it raise, the request goes to the
+app and the fault is logged (`http.quick_answer_failed`)."""
 
 QUICK_ANSWER_STATE = "quick_answer"
 """The `app.state` attribute holding `factory(lifespan_state) -> QuickAnswer` (set by the
@@ -58,7 +64,11 @@ class QuickAnswerProtocol(HttpToolsProtocol):
         """Answer `cycle`'s request quickly if the hook can; start the app for it otherwise."""
         quick = self._quick
         if quick is not None and app is self.app:
-            answer = quick(cast(Scope, cycle.scope))
+            try:
+                answer = quick(cast(Scope, cycle.scope))
+            except Exception as exc:  # a fault in the hook costs the shortcut, not the request
+                log_event(log, logging.ERROR, "http.quick_answer_failed", error=type(exc).__name__)
+                answer = None
             if answer is not None:
                 self._send_quick(cycle, *answer)
                 return
