@@ -109,13 +109,8 @@ class LineFormat:
         self, logger: str, level: int, event: str, fields: Mapping[str, Any], created: float
     ) -> str:
         """The scrubbed line for `event` at `created` (unix seconds)."""
-        second = int(created)
-        stamped, stamp = self._stamped
-        if second != stamped:
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            self._stamped = (second, stamp)
         head: dict[str, Any] = {
-            "ts": f"{stamp}.{int((created - second) * 1000):03d}Z",
+            "ts": self._timestamp(created),
             "level": _level_name(level),
             "logger": logger,
             "event": event,
@@ -132,6 +127,15 @@ class LineFormat:
             line = " ".join(f"{key}={_text(value)}" for key, value in head.items())
         return REDACTOR.scrub(line)
 
+    def _timestamp(self, created: float) -> str:
+        """`created` as UTC with milliseconds; the second's text is made once per second."""
+        second = int(created)
+        stamped, stamp = self._stamped
+        if second != stamped:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._stamped = (second, stamp)
+        return f"{stamp}.{int((created - second) * 1000):03d}Z"
+
     def template(
         self, logger: str, level: int, event: str, fields: Mapping[str, Any], vary: str
     ) -> tuple[str, str, str]:
@@ -145,16 +149,11 @@ class LineFormat:
 
     def templated(self, parts: tuple[str, str, str], value: Any, created: float) -> str:
         """The line of a template's event with `value` at `created`."""
-        second = int(created)
-        stamped, stamp = self._stamped
-        if second != stamped:
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            self._stamped = (second, stamp)
         head, before, after = parts
         rid = request_id.get()
         rid_field = "" if rid is None else f',"request_id":{_ascii(rid)}'
-        ms = int((created - second) * 1000)
-        line = f'{{"ts":"{stamp}.{ms:03d}Z",{head}{rid_field},{before}{_json_value(value)}{after}'
+        ts = self._timestamp(created)
+        line = f'{{"ts":"{ts}",{head}{rid_field},{before}{_json_value(value)}{after}'
         return REDACTOR.scrub(line)
 
 
