@@ -66,12 +66,19 @@ def _other_tasks() -> set[asyncio.Task[object]]:
     return asyncio.all_tasks() - {asyncio.current_task()}  # type: ignore[operator]
 
 
+async def _waiting(*chunks: bytes) -> tuple[Connection, Wait, asyncio.Task[str]]:
+    """A route waiting in `unless_disconnected` on a connection with this body, once the
+    watcher has read the whole body and waits for the next message."""
+    connection, wait = Connection(*chunks), Wait()
+    call = asyncio.create_task(unless_disconnected(connection.request(), wait()))
+    await _settle(lambda: connection.receives == len(chunks) + 1)
+    return connection, wait, call
+
+
 async def test_the_result_comes_back_and_the_watcher_is_gone() -> None:
     """A wait that ends while the client stays returns its result; no task is left behind."""
     before = _other_tasks()
-    connection, wait = Connection(b""), Wait()
-    call = asyncio.create_task(unless_disconnected(connection.request(), wait()))
-    await _settle(lambda: connection.receives == 2)  # the empty body, then waiting for more
+    _, wait, call = await _waiting(b"")
     wait.release.set()
     assert await call == "granted"
     assert _other_tasks() == before
@@ -81,9 +88,7 @@ async def test_a_disconnect_cancels_the_wait_after_its_cleanup() -> None:
     """When the client leaves, the wait is cancelled, its cleanup finishes before the call
     ends, and the call raises ClientDisconnected."""
     before = _other_tasks()
-    connection, wait = Connection(b""), Wait()
-    call = asyncio.create_task(unless_disconnected(connection.request(), wait()))
-    await _settle(lambda: connection.receives == 2)
+    connection, wait, call = await _waiting(b"")
     connection.leave()
     with pytest.raises(ClientDisconnected):
         await call
@@ -93,9 +98,7 @@ async def test_a_disconnect_cancels_the_wait_after_its_cleanup() -> None:
 
 async def test_body_chunks_the_route_did_not_read_are_not_a_disconnect() -> None:
     """Chunks of a body nobody read are skipped; only `http.disconnect` ends the wait."""
-    connection, wait = Connection(b"a", b"b", b"c"), Wait()
-    call = asyncio.create_task(unless_disconnected(connection.request(), wait()))
-    await _settle(lambda: connection.receives == 4)
+    _, wait, call = await _waiting(b"a", b"b", b"c")
     assert not call.done()
     wait.release.set()
     assert await call == "granted"
@@ -116,9 +119,7 @@ async def test_cancelling_the_route_cancels_the_wait_and_the_watcher() -> None:
     """A server that cancels the request's task (at shutdown) cancels the wait too, after its
     cleanup, and leaves no task behind."""
     before = _other_tasks()
-    connection, wait = Connection(b""), Wait()
-    call = asyncio.create_task(unless_disconnected(connection.request(), wait()))
-    await _settle(lambda: connection.receives == 2)
+    _, wait, call = await _waiting(b"")
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
